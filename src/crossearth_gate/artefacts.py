@@ -1,0 +1,134 @@
+"""Trained-model artefacts: head + toolbox weights in safetensors with everything needed to rebuild them.
+
+The frozen backbone is never saved: it is rebuilt from its name and weight source (for random-init
+backbones, from a recorded seed), so an artefact is a few MB even for ViT-L.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .atomic import atomic_write, atomic_write_json
+from .backbones import build_backbone
+from .errors import UserError
+from .segmentor import Segmentor
+from .toolbox.slots import ToolboxConfig
+
+FORMAT = "crossearth-gate/1"
+
+
+@dataclass
+class ModelSpec:
+    """Everything besides the weights that rebuilds a trained segmentor (also the export's JSON sidecar)."""
+
+    backbone: str
+    backbone_weights: str
+    backbone_seed: int
+    img_size: int
+    out_indices: list[int]
+    head: str
+    head_channels: int
+    finetune_backbone: bool
+    toolbox: dict[str, Any]
+    active: list[str]
+    classes: list[str]
+    palette: list[list[int]]
+    mean: list[float]
+    std: list[float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, weights: str | None = None) -> Segmentor:
+        """A fresh segmentor with this spec (backbone weights from ``weights`` or the recorded source)."""
+        source = weights or self.backbone_weights
+        backbone = build_seeded_backbone(self.backbone, source, self.img_size, self.out_indices, self.backbone_seed)
+        toolbox = ToolboxConfig(**{**self.toolbox, "types": tuple(self.toolbox["types"])})
+        model = Segmentor(backbone, len(self.classes), toolbox, self.head, self.head_channels,
+                          self.finetune_backbone)
+        model.toolbox.set_active(self.active)
+        return model
+
+
+def build_seeded_backbone(name: str, weights: str, img_size: int, out_indices: list[int] | None, seed: int):
+    """Random-init backbones are only reproducible from a seed: fork the RNG so training seeds stay intact."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_backbone(name, weights, img_size, out_indices)
+
+
+def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: int, img_size: int,
+            head: str, head_channels: int) -> ModelSpec:
+    info = model.backbone.info
+    tb = asdict(model.toolbox.config)
+    tb["types"] = list(tb["types"])
+    return ModelSpec(
+        backbone=info.name, backbone_weights=info.weights, backbone_seed=backbone_seed, img_size=img_size,
+        out_indices=list(model.backbone.out_indices), head=head, head_channels=head_channels,
+        finetune_backbone=model.backbone.finetune, toolbox=tb, active=model.toolbox.active_slots(),
+        classes=list(classes), palette=[list(c) for c in palette], mean=list(info.mean), std=list(info.std),
+    )
+
+
+def save_trainable(path: Path, model: Segmentor, spec: ModelSpec) -> Path:
+    """Write the trainable weights + spec (as safetensors metadata) atomically; optionally a JSON sidecar."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state().items()}
+    metadata = {"format": FORMAT, "spec": json.dumps(asdict(spec))}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def read_spec(path: Path) -> ModelSpec:
+    if not path.is_file():
+        raise UserError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from err
+    sidecar = path.with_suffix(".json")
+    if metadata.get("format") == FORMAT:
+        raw = json.loads(metadata["spec"])
+    elif sidecar.is_file():
+        raw = json.loads(sidecar.read_text())
+    else:
+        raise UserError(f"{path}: no crossearth-gate model spec in its metadata and no {sidecar.name} beside it")
+    try:
+        return ModelSpec(**raw)
+    except TypeError as err:
+        raise UserError(f"{path}: model spec does not match this version ({err})") from err
+
+
+def load_trainable(path: Path, weights: str | None = None) -> tuple[Segmentor, ModelSpec]:
+    """Rebuild the segmentor from its spec and load the saved weights strictly (clear error on mismatch)."""
+    spec = read_spec(path)
+    model = spec.build(weights)
+    state = load_file(str(path))
+    expected = model.trainable_state()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise UserError(
+            f"{path}: weights do not match the model built from its spec "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise UserError(f"{path}: {key} has shape {tuple(value.shape)}, model expects {tuple(expected[key].shape)}")
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    return model, spec
+
+
+def export_model(model_path: Path, out: Path) -> tuple[Path, Path]:
+    """One safetensors file with its spec as a JSON sidecar (backbone, slots, active set, classes, ...)."""
+    spec = read_spec(model_path)
+    state = load_file(str(model_path))
+    atomic_write(out, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT, "spec": json.dumps(asdict(spec))}))
+    sidecar = atomic_write_json(out.with_suffix(".json"), asdict(spec))
+    return out, sidecar

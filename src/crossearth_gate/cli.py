@@ -1,0 +1,140 @@
+"""``crossearth-gate``: one entry point with subcommands. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.lr=1e-3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossearth-gate",
+        description="Fisher-guided adaptive tuning of frozen ViTs for cross-domain remote-sensing segmentation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="train on the source domain, then test every target domain")
+    p.add_argument("--config", "-c", required=True, help="YAML config path or packaged name (e.g. demo)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if a last checkpoint exists")
+    _add_overrides(p)
+
+    p = sub.add_parser("demo", help="train + evaluate the Fisher-gated model on the shipped Dubai subset")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    p.add_argument("--weights", default="none", help="backbone weights: none (random init), hub, or a file")
+    p.add_argument("--no-resume", action="store_true")
+    _add_overrides(p)
+
+    p = sub.add_parser("predict", help="segment images, folders or GeoTIFF scenes with a trained model")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files, folders or GeoTIFFs")
+    p.add_argument("--model", "-m", required=True, type=Path,
+                   help="a run directory or a trainable/exported .safetensors file")
+    p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
+    p.add_argument("--weights", help="backbone weights to use instead of the recorded source")
+    p.add_argument("--bands", help="1-based band order for GeoTIFFs, e.g. 3,2,1 or 1,1,1")
+    p.add_argument("--window", type=int, help="sliding window size (default: the training crop)")
+    p.add_argument("--overlap", type=float, default=1 / 3, help="window overlap fraction (default 1/3)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--tile", type=int, default=2048, help="GeoTIFF tile read at once (pixels)")
+    p.add_argument("--overlay", action="store_true", help="also write an RGB overlay PNG")
+    p.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (for debugging)")
+
+    p = sub.add_parser("report", help="compare runs side by side: tables, gate maps, curves, overlays")
+    p.add_argument("runs", nargs="+", type=Path, help="run directories")
+    p.add_argument("--out", "-o", required=True, type=Path)
+
+    p = sub.add_parser("export", help="export adapters + head as one safetensors file with a JSON sidecar")
+    p.add_argument("model", type=Path, help="a run directory or trainable.safetensors")
+    p.add_argument("--out", "-o", required=True, type=Path, help="output .safetensors path")
+
+    p = sub.add_parser("benchmark", help="time steps and peak memory of gated / all-on / full / frozen")
+    p.add_argument("--backbone", default="vit_small_patch14_dinov2")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    p.add_argument("--warmup-steps", type=int, default=2)
+    p.add_argument("--every", type=int, default=100, help="gate re-selection interval N")
+    p.add_argument("--num-samples", type=int, default=8, help="Fisher samples M")
+    p.add_argument("--out", type=Path, help="JSON file for the results")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", module="lightning")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def _model_path(path: Path) -> Path:
+    return path / "trainable.safetensors" if path.is_dir() else path
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import console
+
+    if args.command in ("fit", "demo"):
+        from .config import load_config
+        from .training.run import fit
+
+        if args.command == "demo":
+            cfg = load_config("demo", [f"model.weights={args.weights}", *args.overrides])
+            out = args.out
+        else:
+            cfg = load_config(args.config, args.overrides)
+            out = args.out or Path("runs") / cfg.name
+        if cfg.model.weights == "none":
+            console.warn(f"backbone {cfg.model.backbone} uses RANDOM weights (no pretrained weights reachable); "
+                         "pass --weights hub or a checkpoint for meaningful features")
+        metrics = fit(cfg, out, resume=not args.no_resume)
+        console.print_run_summary(metrics, out)
+    elif args.command == "predict":
+        from .predict import predict_cli
+
+        predict_cli(args)
+    elif args.command == "report":
+        from .report import write_report
+
+        path = write_report(args.runs, args.out)
+        console.info(f"report written to {path}")
+    elif args.command == "export":
+        from .artefacts import export_model
+
+        weights, sidecar = export_model(_model_path(args.model), args.out)
+        console.info(f"exported {weights} and {sidecar}")
+    elif args.command == "benchmark":
+        from .benchmark import benchmark_cli
+
+        benchmark_cli(args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> Any:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return run(args)
+    except UserError as err:
+        print(f"crossearth-gate: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crossearth-gate: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Run configuration: YAML files (with ``_base_`` inheritance) + ``key.sub=value`` overrides → dataclasses.
+
+Unknown keys are errors, never silently ignored: a typo in a config must not train the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .toolbox.slots import ToolboxConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEMO_DATA = PACKAGE_DIR / "demo_data"
+PACKAGED_CONFIGS = PACKAGE_DIR / "configs"
+
+
+@dataclass
+class DomainConfig:
+    """One domain: a named dataset (classes, label format) at a folder, optionally a split or tiles."""
+
+    dataset: str = "dubai"
+    root: str = ""
+    split: str | None = None
+    tiles: list[int] | None = None
+
+
+@dataclass
+class DataConfig:
+    source: DomainConfig = field(default_factory=DomainConfig)
+    targets: dict[str, DomainConfig] = field(default_factory=dict)
+    val: DomainConfig | None = None  # None: hold out val_fraction of the source files
+    val_fraction: float = 0.2
+    unlabelled_target: DomainConfig | None = None
+    crop_size: int = 224
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    batch_size: int = 4
+    num_workers: int = 0
+    cache: bool = True
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit_small_patch14_dinov2"
+    weights: str = "none"  # "none" (random init, warned), "hub", or a local .pth/.safetensors path
+    out_indices: list[int] | None = None
+    head: str = "fpn"
+    head_channels: int = 128
+    finetune_backbone: bool = False  # the "Full fine-tuning" baseline
+
+
+@dataclass
+class GateConfig:
+    enabled: bool = False
+    selector: str = "fisher"  # fisher | gradnorm | random
+    k: float = 0.25  # a fraction of all slots (0 < k <= 1) or a count (k > 1)
+    every: int = 100
+    warmup: int = 0
+    num_samples: int = 8
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    poly_power: float = 1.0
+    val_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    window: int | None = None  # default: the training crop size
+    stride: int | None = None  # default: two thirds of the window
+    batch_size: int = 4
+    blend: str = "gaussian"
+    samples_per_domain: int = 2  # prediction overlays saved for the report
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    toolbox: ToolboxConfig = field(default_factory=ToolboxConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: config file not found") from err
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a mapping at the top level")
+    return data
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not value.pop("_replace_", False):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path, or the name of a packaged config (``demo`` → ``crossearth_gate/configs/demo.yaml``)."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    return PACKAGED_CONFIGS / f"{name_or_path}.yaml"
+
+
+def load_yaml_tree(path: Path) -> dict[str, Any]:
+    """Read a YAML config and merge it over its ``_base_`` (relative to the file, or a packaged name)."""
+    data = _read_yaml(path)
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    base_path = path.parent / base if (path.parent / base).exists() else resolve_config_path(base)
+    return _merge(load_yaml_tree(base_path), data)
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings; values are parsed as YAML (numbers, lists, null, booleans)."""
+    tree = dict(tree)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"bad override {item!r}: expected key.sub=value")
+        value = yaml.safe_load(raw) if raw else None
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return tree
+
+
+def _expand(value: str) -> str:
+    return os.path.expandvars(value.replace("{demo_data}", str(DEMO_DATA)))
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        errors = []
+        for arg in args:
+            try:
+                return _convert(arg, value, where)
+            except UserError as err:
+                errors.append(str(err))
+        raise UserError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config {where}: expected a mapping, got {value!r}")
+        vt = typing.get_args(tp)[1]
+        return {str(k): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise UserError(f"config {where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        items = [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config {where}: expected true/false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or (tp is int and value != int(value)):
+            raise UserError(f"config {where}: expected {tp.__name__}, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if isinstance(value, dict | list):
+            raise UserError(f"config {where}: expected a string, got {value!r}")
+        return _expand(str(value))
+    return value
+
+
+def build_dataclass(cls: type, data: Any, where: str = "config") -> Any:
+    """Build a (nested) dataclass from a mapping, refusing unknown keys with the list of known ones."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(name_or_path: str | None, overrides: list[str] | None = None) -> RunConfig:
+    tree = load_yaml_tree(resolve_config_path(name_or_path)) if name_or_path else {}
+    tree = apply_overrides(tree, overrides or [])
+    return build_dataclass(RunConfig, tree, "config")
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """A plain, YAML-safe dict of a (nested) dataclass (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, list | tuple):
+        return [config_to_dict(v) for v in cfg]
+    return cfg

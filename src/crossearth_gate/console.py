@@ -1,0 +1,42 @@
+"""Terminal output with rich: run summaries as tables, loud warnings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_console = Console(stderr=False)
+_errors = Console(stderr=True)
+
+
+def info(message: str) -> None:
+    _console.print(message)
+
+
+def warn(message: str) -> None:
+    _errors.print(f"[bold yellow]WARNING[/]: {message}")
+
+
+def domain_table(metrics: dict[str, Any]) -> Table:
+    """Per-domain mIoU / mF1 / OA, source held-out first, then every target."""
+    table = Table(title=f"{metrics['run']['name']} ({metrics['run']['mode']})")
+    for column in ("domain", "mIoU", "mF1", "OA"):
+        table.add_column(column, justify="left" if column == "domain" else "right")
+    for name, result in metrics["domains"].items():
+        table.add_row(name, *(f"{result[k]:.2f}" for k in ("mIoU", "mF1", "OA")))
+    return table
+
+
+def print_run_summary(metrics: dict[str, Any], run_dir: Path) -> None:
+    _console.print(domain_table(metrics))
+    params = metrics["params"]
+    _console.print(
+        f"trainable parameters: {params['trainable']:,} of {params['total']:,} "
+        f"({100 * params['trainable'] / params['total']:.2f} %)"
+    )
+    if metrics["run"].get("selector"):
+        _console.print(f"final active set ({len(metrics['run']['active'])} slots): {', '.join(metrics['run']['active'])}")
+    _console.print(f"artefacts in {run_dir}")

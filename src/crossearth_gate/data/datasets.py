@@ -1,0 +1,140 @@
+"""Reading and validating image/mask files, so a bad file fails with its name instead of a silent NaN."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from crossearth_gate.data.catalog import IGNORE_INDEX, DatasetInfo, DomainSpec, Pair, list_pairs
+from crossearth_gate.errors import UserError
+
+Transform = Callable[[np.ndarray, np.ndarray | None], tuple[torch.Tensor, torch.Tensor | None]]
+Arrays = tuple[np.ndarray, np.ndarray | None]
+
+
+def _load(path: Path) -> Image.Image:
+    """Decode the whole file now, so truncation surfaces here rather than as grey pixels later."""
+    # PIL's leniency pads a truncated file with grey; someone may have switched it on globally.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im
+    except FileNotFoundError:
+        raise UserError(f"file not found: {path}") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(f"cannot read {path}: {reason}") from None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an RGB image as HxWx3 uint8; other band counts are refused rather than guessed at."""
+    im = _load(Path(path))
+    bands = len(im.getbands())
+    if bands != 3:
+        raise UserError(f"{path}: expected 3 bands, found {bands} (PIL mode {im.mode}; RGB is needed)")
+    return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+def read_mask(path: str | Path, info: DatasetInfo) -> np.ndarray:
+    """Read a mask as HxW uint8 class indices in [0, num_classes) with 255 = ignore."""
+    path = Path(path)
+    im = _load(path)
+    if info.label_format == "colour":
+        return _colour_to_label(np.array(im.convert("RGB")), path, info)
+    bands = len(im.getbands())
+    if bands != 1:
+        raise UserError(f"{path}: expected a 1-band label mask, found {bands} bands (PIL mode {im.mode})")
+    return _check_labels(np.array(im).astype(np.int64), path, info)
+
+
+def _check_labels(raw: np.ndarray, path: Path, info: DatasetInfo) -> np.ndarray:
+    label = raw
+    if info.reduce_zero_label:  # mmseg convention: 0 is ignore, class k is stored as k + 1
+        label = np.where((raw == 0) | (raw == IGNORE_INDEX), IGNORE_INDEX, raw - 1)
+    valid = ((label >= 0) & (label < info.num_classes)) | (label == IGNORE_INDEX)
+    if not valid.all():
+        bad = ", ".join(str(v) for v in np.unique(raw[~valid])[:10])
+        low = 1 if info.reduce_zero_label else 0
+        allowed = f"{low}..{info.num_classes - 1 + low}, 255" + (", 0 = ignore" if low else "")
+        raise UserError(f"{path}: label values {bad} out of range for {info.name!r} (allowed {allowed})")
+    return label.astype(np.uint8)
+
+
+def _colour_to_label(rgb: np.ndarray, path: Path, info: DatasetInfo) -> np.ndarray:
+    codes = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    known = sorted(((r << 16) | (g << 8) | b, label) for (r, g, b), label in info.colour_to_label.items())
+    keys = np.array([k for k, _ in known], dtype=np.uint32)
+    values = np.array([v for _, v in known], dtype=np.uint8)
+    idx = np.searchsorted(keys, codes).clip(max=len(keys) - 1)
+    hit = keys[idx] == codes
+    if not hit.all():
+        unknown = ", ".join(f"#{c:06X}" for c in np.unique(codes[~hit])[:5])
+        raise UserError(f"{path}: unknown mask colour(s) {unknown} for dataset {info.name!r}")
+    return values[idx]
+
+
+class SegmentationDataset(Dataset):
+    """(image, mask) pairs of one domain; validates each file as it is read and can keep it in memory."""
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        info: DatasetInfo,
+        transform: Transform,
+        labelled: bool = True,
+        cache: bool = False,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.info = info
+        self.transform = transform
+        self.labelled = labelled
+        # A plain dict of arrays keeps the dataset picklable for DataLoader workers.
+        self._cache: dict[int, Arrays] | None = {} if cache else None
+        unlabelled = [image for image, mask in self.pairs if mask is None]
+        if labelled and unlabelled:
+            raise UserError(f"image {unlabelled[0]} has no mask but its dataset is used with labels")
+
+    @classmethod
+    def from_spec(
+        cls, spec: DomainSpec, transform: Transform, labelled: bool = True, cache: bool = False
+    ) -> SegmentationDataset:
+        return cls(list_pairs(spec, labelled), spec.info, transform, labelled, cache)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def arrays(self, index: int) -> Arrays:
+        """Decoded, validated uint8 image (HxWx3) and mask (HxW, None when unlabelled)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        mask = None
+        if self.labelled:
+            assert mask_path is not None
+            mask = read_mask(mask_path, self.info)
+            if mask.shape != image.shape[:2]:
+                (h, w), (mh, mw) = image.shape[:2], mask.shape
+                raise UserError(f"image {image_path} is {w}x{h} but its mask {mask_path} is {mw}x{mh}")
+        if self._cache is not None:
+            self._cache[index] = (image, mask)
+        return image, mask
+
+    def preload(self) -> None:
+        """Read (and so validate) every sample now, before workers fork, so bad files fail at setup."""
+        for index in range(len(self)):
+            self.arrays(index)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        image, mask = self.arrays(index)
+        image_t, mask_t = self.transform(image, mask)
+        sample: dict[str, torch.Tensor | str] = {"image": image_t, "path": str(self.pairs[index][0])}
+        if mask_t is not None:
+            sample["mask"] = mask_t
+        return sample

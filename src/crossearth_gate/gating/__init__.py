@@ -1,0 +1,39 @@
+"""Fisher-guided gating: score the slots, pick the top k, re-select on a schedule (no Lightning here)."""
+
+from .fisher import FISHER_METHODS, SlotStats, Switchboard, slot_fisher, slot_gradnorm
+from .gate import Gate, GateSchedule, Record
+from .selection import (
+    SELECTORS,
+    FisherSelector,
+    GradNormSelector,
+    RandomSelector,
+    Selection,
+    Selector,
+    make_selector,
+    normalize_per_type,
+    resolve_k,
+    slot_order,
+    top_k,
+)
+
+__all__ = [
+    "FISHER_METHODS",
+    "SELECTORS",
+    "FisherSelector",
+    "Gate",
+    "GateSchedule",
+    "GradNormSelector",
+    "RandomSelector",
+    "Record",
+    "Selection",
+    "Selector",
+    "SlotStats",
+    "Switchboard",
+    "make_selector",
+    "normalize_per_type",
+    "resolve_k",
+    "slot_fisher",
+    "slot_gradnorm",
+    "slot_order",
+    "top_k",
+]

@@ -1,0 +1,53 @@
+"""A light multi-level decoder for plain ViTs: a simple feature pyramid, FPN top-down fusion, classifier.
+
+ViT features all have stride p (the patch size); the pyramid resamples the ``num_levels`` depths to
+strides p/4, p/2, p, 2p (shallow to deep) as ViTDet-style heads do, so that detail comes from the
+shallow blocks and context from the deep ones. GroupNorm keeps it batch-size independent (and makes
+per-sample Fisher scores independent of the other samples in a batch).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _conv_gn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+        nn.GroupNorm(min(32, cout // 4) or 1, cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class FPNHead(nn.Module):
+    """Simple pyramid + FPN over ViT features from several depths; logits at stride p/4."""
+
+    def __init__(self, in_channels: int, num_levels: int, num_classes: int, channels: int = 128):
+        super().__init__()
+        self.scales = [2.0 ** (2 - i) if i < 3 else 0.5 for i in range(num_levels)]
+        self.lateral = nn.ModuleList(_conv_gn_relu(in_channels, channels, 1) for _ in range(num_levels))
+        self.smooth = nn.ModuleList(_conv_gn_relu(channels, channels, 3) for _ in range(num_levels))
+        self.fuse = _conv_gn_relu(channels * num_levels, channels, 3)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        if len(features) != len(self.lateral):
+            raise ValueError(f"head expects {len(self.lateral)} feature levels, got {len(features)}")
+        base = features[0].shape[-2:]
+        laterals = []
+        for feat, lateral, scale in zip(features, self.lateral, self.scales, strict=True):
+            size = (max(1, round(base[0] * scale)), max(1, round(base[1] * scale)))
+            laterals.append(lateral(F.interpolate(feat, size=size, mode="bilinear", align_corners=False)))
+        for i in range(len(laterals) - 1, 0, -1):  # top-down: deep context into finer levels
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="bilinear", align_corners=False
+            )
+        finest = laterals[0].shape[-2:]
+        outs = [
+            F.interpolate(smooth(lat), size=finest, mode="bilinear", align_corners=False)
+            for smooth, lat in zip(self.smooth, laterals, strict=True)
+        ]
+        return self.classifier(self.fuse(torch.cat(outs, dim=1)))
+

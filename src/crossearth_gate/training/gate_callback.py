@@ -1,0 +1,63 @@
+"""Lightning callback that decides WHEN the framework-free gate re-selects slots, and saves its artefacts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from ..atomic import atomic_write_json
+from ..gating import Gate, GateSchedule, make_selector, resolve_k
+from ..plots import plot_gate_map
+from .losses import per_sample_cross_entropy
+
+
+class GateCallback(L.Callback):
+    """Before the optimisation step ``s`` where the schedule is due, score all slots and keep the top-k."""
+
+    def __init__(self, task: L.LightningModule, datamodule: Any, selector: str, k: float, every: int,
+                 warmup: int, num_samples: int, seed: int, run_dir: Path | None):
+        toolbox = task.model.toolbox
+        count = int(k) if k > 1 else k
+        self.gate = Gate(
+            toolbox, make_selector(selector, seed), resolve_k(count, len(toolbox.slot_names)),
+            GateSchedule(every=every, warmup=warmup), num_samples,
+        )
+        self.datamodule = datamodule
+        self.num_samples = num_samples
+        self.run_dir = run_dir
+        self.ever_active: set[str] = set()
+
+    def _batches(self, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.datamodule.fisher_dataloader(self.num_samples):
+            yield batch["image"].to(device), batch["mask"].to(device)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        step = trainer.global_step
+        selection = self.gate.maybe_select(
+            step, pl_module.model, self._batches(pl_module.device), per_sample_cross_entropy
+        )
+        if selection is not None:
+            pl_module.log("gate/selection_step", float(step), batch_size=1)
+            if self.run_dir is not None and trainer.is_global_zero:
+                self.write_artefacts()
+        self.ever_active.update(pl_module.model.toolbox.active_slots())
+
+    def write_artefacts(self) -> None:
+        """gates.json (every selection with its scores) and gate_map.png, written atomically."""
+        assert self.run_dir is not None
+        gates = self.gate.to_dict()
+        atomic_write_json(self.run_dir / "gates.json", gates)
+        if gates["selections"]:
+            plot_gate_map(gates, self.run_dir / "gate_map.png")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gate": self.gate.state_dict(), "ever_active": sorted(self.ever_active)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.gate.load_state_dict(state_dict["gate"])
+        self.ever_active = set(state_dict.get("ever_active", []))

@@ -1,0 +1,182 @@
+"""One training run, config → artefacts: fit on the source, select on held-out source, test every domain."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from ..artefacts import save_trainable, spec_of
+from ..atomic import atomic_write_json, atomic_write_text
+from ..config import DomainConfig, RunConfig, config_to_dict
+from ..data import DomainSpec, SegDataModule, get_dataset_info
+from .checkpoint_io import AtomicCheckpointIO
+from .gate_callback import GateCallback
+from .task import SOURCE_VAL, SegmentationTask
+
+log = logging.getLogger(__name__)
+
+
+def domain_spec(d: DomainConfig) -> DomainSpec:
+    return DomainSpec(dataset=d.dataset, root=d.root, split=d.split, tiles=d.tiles)
+
+
+def build_datamodule(cfg: RunConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> SegDataModule:
+    d = cfg.data
+    return SegDataModule(
+        source=domain_spec(d.source),
+        targets={name: domain_spec(spec) for name, spec in d.targets.items()},
+        val=domain_spec(d.val) if d.val else None,
+        val_fraction=d.val_fraction,
+        unlabelled_target=domain_spec(d.unlabelled_target) if d.unlabelled_target else None,
+        crop_size=d.crop_size,
+        scale_range=tuple(d.scale_range),
+        batch_size=d.batch_size,
+        num_workers=d.num_workers,
+        mean=mean,
+        std=std,
+        seed=cfg.train.seed,
+        cache=d.cache,
+    )
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 2)
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    return value
+
+
+def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    t = cfg.train
+    if t.progress:
+        callbacks = [*callbacks, RichProgressBar()]
+    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+    except ImportError:
+        pass
+    strategy = t.strategy
+    if strategy == "ddp":  # slots switch on and off: some parameters get no gradient in some steps
+        strategy = "ddp_find_unused_parameters_true"
+    return L.Trainer(
+        max_steps=t.max_steps,
+        val_check_interval=min(t.val_every, t.max_steps),
+        check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=strategy,
+        precision=t.precision,
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=t.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(run_dir),
+    )
+
+
+def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any]:
+    """Train, select the checkpoint on held-out SOURCE data, test every domain, write the artefacts."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    info = get_dataset_info(cfg.data.source.dataset)
+    domains = [SOURCE_VAL, *cfg.data.targets]
+    task = SegmentationTask(cfg, list(info.classes), list(info.palette), domains)
+    backbone = task.model.backbone.info
+    datamodule = build_datamodule(cfg, backbone.mean, backbone.std)
+    datamodule.setup("fit")
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val/mIoU", mode="max", save_top_k=1,
+        save_last=True, auto_insert_metric_name=False,
+    )
+    callbacks: list[L.Callback] = [checkpoint]
+    gate_cb = None
+    if cfg.gate.enabled:
+        g = cfg.gate
+        gate_cb = GateCallback(task, datamodule, g.selector, g.k, g.every, g.warmup, g.num_samples,
+                               cfg.train.seed, run_dir)
+        callbacks.append(gate_cb)
+    trainer = _trainer(cfg, run_dir, callbacks)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if resume and last.is_file() else None
+    if ckpt_path:
+        log.warning("resuming from %s", ckpt_path)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    best = checkpoint.best_model_path or (str(last) if last.is_file() else None)
+    task.sample_dir = run_dir / "samples"
+    loaders = [datamodule.val_dataloader(), *datamodule.test_dataloader()]
+    trainer.test(task, dataloaders=loaders, ckpt_path=best, verbose=False)
+    if gate_cb is not None:
+        gate_cb.write_artefacts()
+    return write_run_artefacts(cfg, run_dir, task, gate_cb, best)
+
+
+def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, gate_cb: GateCallback | None,
+                        checkpoint: str | None) -> dict[str, Any]:
+    model = task.model
+    toolbox = model.toolbox
+    per_slot = toolbox.slot_param_counts()
+    head = sum(p.numel() for p in model.head.parameters())
+    trained_slots = sorted(gate_cb.ever_active) if gate_cb else toolbox.active_slots()
+    trainable = head + sum(per_slot[s] for s in trained_slots)
+    if model.backbone.finetune:
+        trainable += sum(p.numel() for p in model.backbone.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    mode = run_mode(cfg)
+    metrics = {
+        "domains": {name: _round(result) for name, result in task.test_results.items()},
+        "params": {
+            "trainable": trainable,
+            "total": total,
+            "head": head,
+            "active_at_end": head + sum(per_slot[s] for s in toolbox.active_slots()),
+            "per_slot": per_slot,
+        },
+        "backbone": {"name": model.backbone.info.name, "weights": model.backbone.info.weights},
+        "run": {
+            "name": cfg.name,
+            "mode": mode,
+            "selector": cfg.gate.selector if cfg.gate.enabled else None,
+            "k": gate_cb.gate.k if gate_cb else None,
+            "active": toolbox.active_slots(),
+            "checkpoint": checkpoint,
+        },
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    spec = spec_of(model, task.classes, task.palette, cfg.train.seed, cfg.data.crop_size, cfg.model.head,
+                   cfg.model.head_channels)
+    save_trainable(run_dir / "trainable.safetensors", model, spec)
+    return metrics
+
+
+def run_mode(cfg: RunConfig) -> str:
+    """A short human name for what this run trains (the paper's baseline names)."""
+    types = set(cfg.toolbox.types)
+    if cfg.model.finetune_backbone:
+        return "full-finetune"
+    if not types:
+        return "frozen"
+    if cfg.gate.enabled:
+        return f"gated-{cfg.gate.selector}"
+    if types == {"spatial", "semantic", "frequency"}:
+        return "all-on"
+    names = {"spatial": "lora", "semantic": "adaptformer", "frequency": "earth-adapter"}
+    return "+".join(names[t] for t in cfg.toolbox.types)

@@ -1,0 +1,158 @@
+"""The Lightning task: loss, optimiser, per-domain metrics. When to gate is the gate callback's business."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..artefacts import build_seeded_backbone
+from ..config import RunConfig
+from ..inference import sliding_window_logits
+from ..metrics import SegMetrics
+from ..segmentor import Segmentor
+from .losses import cross_entropy
+from .schedule import warmup_poly
+
+SOURCE_VAL = "source_val"
+
+
+def build_segmentor(cfg: RunConfig, num_classes: int) -> Segmentor:
+    m = cfg.model
+    backbone = build_seeded_backbone(m.backbone, m.weights, cfg.data.crop_size, m.out_indices, cfg.train.seed)
+    return Segmentor(backbone, num_classes, cfg.toolbox, m.head, m.head_channels, m.finetune_backbone)
+
+
+class SegmentationTask(L.LightningModule):
+    """Trains head + toolbox on the source; evaluates each named domain with one confusion matrix."""
+
+    def __init__(self, cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
+                 target_names: list[str]):
+        super().__init__()
+        self.cfg = cfg
+        self.classes = list(classes)
+        self.palette = [tuple(c) for c in palette]
+        self.target_names = list(target_names)
+        self.model = build_segmentor(cfg, len(classes))
+        if not self.cfg.toolbox.types:
+            self.model.toolbox.set_active([])
+        self.val_metrics = SegMetrics(len(classes), self.classes)
+        self.test_metrics = nn.ModuleList(SegMetrics(len(classes), self.classes) for _ in target_names)
+        self.test_results: dict[str, dict[str, Any]] = {}
+        self.sample_dir: Path | None = None
+        self._samples_saved: dict[int, int] = {}
+
+    # ---------------------------------------------------------------- forward / evaluation
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def predict_logits(self, image: Tensor) -> Tensor:
+        """Sliding-window logits (C, H, W) of one normalised image of any size."""
+        e = self.cfg.eval
+        window = e.window or self.cfg.data.crop_size
+        stride = e.stride or max(1, window * 2 // 3)
+        return sliding_window_logits(self.model, image, window, stride, len(self.classes), e.batch_size, e.blend)
+
+    def _evaluate(self, batch: dict[str, Any], metric: SegMetrics) -> Tensor:
+        preds = torch.stack([self.predict_logits(img).argmax(0) for img in batch["image"]])
+        metric.update(preds, batch["mask"])
+        return preds
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self.model(batch["image"])
+        loss = cross_entropy(logits, batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.log("train/active_slots", float(len(self.model.toolbox.active_slots())), batch_size=1)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Inactive slots must not move: drop any gradient (e.g. zeros filled in by DDP) before the step."""
+        active = set(self.model.toolbox.active_slots())
+        for name in self.model.toolbox.slot_names:
+            if name not in active:
+                for p in self.model.toolbox.slot_parameters(name):
+                    p.grad = None
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        t = self.cfg.train
+        params = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
+        if self.model.backbone.finetune:
+            params += list(self.model.backbone.parameters())
+        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        scheduler = warmup_poly(optimizer, t.warmup_steps, t.max_steps, t.poly_power)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---------------------------------------------------------------- validation on held-out SOURCE data
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_metrics.reset()
+            return
+        result = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log("val/mIoU", result["mIoU"], prog_bar=True, sync_dist=False)
+        self.log("val/mF1", result["mF1"], sync_dist=False)
+
+    # ---------------------------------------------------------------- test on named domains
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        preds = self._evaluate(batch, self.test_metrics[dataloader_idx])
+        self._maybe_save_samples(batch, preds, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        for name, metric in zip(self.target_names, self.test_metrics, strict=True):
+            result = metric.compute()
+            metric.reset()
+            self.test_results[name] = result
+            for key in ("mIoU", "mF1", "OA"):
+                self.log(f"test/{name}/{key}", result[key], sync_dist=False)
+
+    def _maybe_save_samples(self, batch: dict[str, Any], preds: Tensor, dataloader_idx: int) -> None:
+        if self.sample_dir is None or self.global_rank != 0:
+            return
+        from PIL import Image
+
+        from ..atomic import atomic_write
+        from ..plots import overlay
+
+        limit = self.cfg.eval.samples_per_domain
+        for image, pred in zip(batch["image"], preds, strict=True):
+            done = self._samples_saved.get(dataloader_idx, 0)
+            if done >= limit:
+                return
+            rgb = denormalize(image, self.model.backbone.info.mean, self.model.backbone.info.std)
+            picture = overlay(rgb, pred.cpu().numpy().astype(np.uint8), self.palette)
+            path = self.sample_dir / f"{self.target_names[dataloader_idx]}_{done}.png"
+            atomic_write(path, lambda tmp, pic=picture: Image.fromarray(pic).save(tmp, format="PNG"))
+            self._samples_saved[dataloader_idx] = done + 1
+
+    # ---------------------------------------------------------------- checkpoints without the frozen backbone
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["active_slots"] = self.model.toolbox.active_slots()
+        if not self.model.backbone.finetune:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith("model.backbone.")]:
+                del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Weights and active set travel together: a best checkpoint from an earlier selection stays exact."""
+        if "active_slots" in checkpoint:
+            self.model.toolbox.set_active(checkpoint["active_slots"])
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            if key.startswith("model.backbone.") and key not in state:
+                state[key] = value
+
+
+def denormalize(image: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """Normalised (3, H, W) tensor → displayable uint8 (H, W, 3)."""
+    m = torch.tensor(mean, device=image.device).view(3, 1, 1)
+    s = torch.tensor(std, device=image.device).view(3, 1, 1)
+    rgb = ((image * s + m).clamp(0, 1) * 255).round().byte()
+    return rgb.permute(1, 2, 0).cpu().numpy()
