@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .atomic import atomic_write, atomic_write_json
-from .backbones import build_backbone
+from .backbones import FrozenViT, build_backbone
 from .errors import UserError
 from .segmentor import Segmentor
 from .toolbox.slots import ToolboxConfig
@@ -41,12 +42,14 @@ class ModelSpec:
     palette: list[list[int]]
     mean: list[float]
     std: list[float]
-    extra: dict[str, Any] = field(default_factory=dict)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def build(self, weights: str | None = None) -> Segmentor:
         """A fresh segmentor with this spec (backbone weights from ``weights`` or the recorded source)."""
         source = weights or self.backbone_weights
-        backbone = build_seeded_backbone(self.backbone, source, self.img_size, self.out_indices, self.backbone_seed)
+        backbone = build_seeded_backbone(
+            self.backbone, source, self.img_size, self.out_indices, self.backbone_seed, self.backbone_kwargs
+        )
         toolbox = ToolboxConfig(**{**self.toolbox, "types": tuple(self.toolbox["types"])})
         model = Segmentor(backbone, len(self.classes), toolbox, self.head, self.head_channels,
                           self.finetune_backbone)
@@ -54,17 +57,22 @@ class ModelSpec:
         return model
 
 
-def build_seeded_backbone(name: str, weights: str, img_size: int, out_indices: list[int] | None, seed: int):
+def build_seeded_backbone(
+    name: str,
+    weights: str,
+    img_size: int,
+    out_indices: list[int] | None,
+    seed: int,
+    model_kwargs: dict[str, Any] | None = None,
+) -> FrozenViT:
     """Random-init backbones are only reproducible from a seed: fork the RNG so training seeds stay intact."""
-    import torch
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_backbone(name, weights, img_size, out_indices)
+        return build_backbone(name, weights, img_size, out_indices, model_kwargs)
 
 
 def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: int, img_size: int,
-            head: str, head_channels: int) -> ModelSpec:
+            head: str, head_channels: int, backbone_kwargs: dict[str, Any] | None = None) -> ModelSpec:
     info = model.backbone.info
     tb = asdict(model.toolbox.config)
     tb["types"] = list(tb["types"])
@@ -73,6 +81,7 @@ def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: 
         out_indices=list(model.backbone.out_indices), head=head, head_channels=head_channels,
         finetune_backbone=model.backbone.finetune, toolbox=tb, active=model.toolbox.active_slots(),
         classes=list(classes), palette=[list(c) for c in palette], mean=list(info.mean), std=list(info.std),
+        backbone_kwargs=dict(backbone_kwargs or {}),
     )
 
 

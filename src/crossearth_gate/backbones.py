@@ -11,6 +11,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -103,12 +104,19 @@ class FrozenViT(nn.Module):
 
 
 def build_backbone(
-    name: str, weights: str = RANDOM_WEIGHTS, img_size: int = 224, out_indices: list[int] | None = None
+    name: str,
+    weights: str = RANDOM_WEIGHTS,
+    img_size: int = 224,
+    out_indices: list[int] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> FrozenViT:
-    """Build a frozen timm ViT by name with weights from the hub, a local checkpoint, or random init."""
+    """Build a frozen timm ViT by name with weights from the hub, a local checkpoint, or random init.
+
+    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``depth`` for a shallower model in tests).
+    """
     if name not in timm.list_models():
         raise UserError(f"unknown timm model {name!r} (see timm.list_models('*dinov2*'))")
-    kwargs = {"img_size": img_size, "dynamic_img_size": True, "num_classes": 0}
+    kwargs = {**(model_kwargs or {}), "img_size": img_size, "dynamic_img_size": True, "num_classes": 0}
     if weights == HUB_WEIGHTS:
         try:
             vit = timm.create_model(name, pretrained=True, **kwargs)
@@ -118,7 +126,11 @@ def build_backbone(
     else:
         vit = timm.create_model(name, pretrained=False, **kwargs)
         if weights == RANDOM_WEIGHTS:
-            log.warning("backbone %s has RANDOM weights: results say nothing about pretrained features", name)
+            log.warning(
+                "backbone %s has RANDOM weights (none given or reachable): results say nothing about pretrained "
+                "features; use --weights hub or a checkpoint file",
+                name,
+            )
         else:
             load_checkpoint(vit, Path(weights))
     cfg = getattr(vit, "pretrained_cfg", {}) or {}

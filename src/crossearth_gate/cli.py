@@ -97,9 +97,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             cfg = load_config(args.config, args.overrides)
             out = args.out or Path("runs") / cfg.name
-        if cfg.model.weights == "none":
-            console.warn(f"backbone {cfg.model.backbone} uses RANDOM weights (no pretrained weights reachable); "
-                         "pass --weights hub or a checkpoint for meaningful features")
         metrics = fit(cfg, out, resume=not args.no_resume)
         console.print_run_summary(metrics, out)
     elif args.command == "predict":

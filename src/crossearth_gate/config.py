@@ -51,6 +51,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "vit_small_patch14_dinov2"
     weights: str = "none"  # "none" (random init, warned), "hub", or a local .pth/.safetensors path
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
     out_indices: list[int] | None = None
     head: str = "fpn"
     head_channels: int = 128

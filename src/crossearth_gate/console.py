@@ -38,5 +38,6 @@ def print_run_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         f"({100 * params['trainable'] / params['total']:.2f} %)"
     )
     if metrics["run"].get("selector"):
-        _console.print(f"final active set ({len(metrics['run']['active'])} slots): {', '.join(metrics['run']['active'])}")
+        active = metrics["run"]["active"]
+        _console.print(f"final active set ({len(active)} slots): {', '.join(active)}")
     _console.print(f"artefacts in {run_dir}")

@@ -28,6 +28,7 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
 
 from ..errors import UserError
 
@@ -52,7 +53,7 @@ class Switchboard(Protocol):
 
 @dataclass(frozen=True)
 class SlotStats:
-    """Per-slot sums over ``count`` samples; kept as sums so ranks can add them up."""
+    """Per-slot totals over ``count`` samples of all ranks: Σ_j Σ_θ g² (Fisher) or ‖Σ_j g‖ (grad norm)."""
 
     sums: dict[str, float]
     count: int
@@ -63,10 +64,9 @@ class SlotStats:
         return {name: total / self.count for name, total in self.sums.items()}
 
 
-def check_method(method: str) -> str:
+def check_method(method: str) -> None:
     if method not in FISHER_METHODS:
         raise UserError(f"unknown Fisher method {method!r}; choose one of {list(FISHER_METHODS)}")
-    return method
 
 
 def slot_fisher(
@@ -213,8 +213,6 @@ def _vmap_grads(
     per_sample_loss: PerSampleLoss,
 ) -> Iterator[tuple[list[Tensor | None], int]]:
     """Per-sample gradients of a whole chunk at once (leading dim = sample), via torch.func."""
-    from torch.func import functional_call, grad, vmap
-
     keys = _parameter_keys(model, params)
 
     def one_sample_loss(weights: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -232,8 +230,7 @@ def _vmap_grads(
 def _parameter_keys(model: nn.Module, params: list[nn.Parameter]) -> list[str]:
     """The model's name for each slot parameter (functional_call addresses parameters by name)."""
     by_id = {id(p): key for key, p in model.named_parameters()}
-    missing = [i for i, p in enumerate(params) if id(p) not in by_id]
-    if missing:
+    if any(id(p) not in by_id for p in params):
         raise ValueError("method='vmap' needs the slot parameters to belong to the scored model")
     return [by_id[id(p)] for p in params]
 

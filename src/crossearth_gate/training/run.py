@@ -54,7 +54,16 @@ def _round(value: Any) -> Any:
     return value
 
 
+def _quiet_lightning() -> None:
+    """Lightning sets its own INFO handler at import; keep its banners and tips out of the way."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    _quiet_lightning()
     t = cfg.train
     if t.progress:
         callbacks = [*callbacks, RichProgressBar()]
@@ -162,7 +171,7 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     spec = spec_of(model, task.classes, task.palette, cfg.train.seed, cfg.data.crop_size, cfg.model.head,
-                   cfg.model.head_channels)
+                   cfg.model.head_channels, cfg.model.backbone_kwargs)
     save_trainable(run_dir / "trainable.safetensors", model, spec)
     return metrics
 

@@ -23,7 +23,9 @@ SOURCE_VAL = "source_val"
 
 def build_segmentor(cfg: RunConfig, num_classes: int) -> Segmentor:
     m = cfg.model
-    backbone = build_seeded_backbone(m.backbone, m.weights, cfg.data.crop_size, m.out_indices, cfg.train.seed)
+    backbone = build_seeded_backbone(
+        m.backbone, m.weights, cfg.data.crop_size, m.out_indices, cfg.train.seed, m.backbone_kwargs
+    )
     return Segmentor(backbone, num_classes, cfg.toolbox, m.head, m.head_channels, m.finetune_backbone)
 
 

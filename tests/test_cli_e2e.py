@@ -1,0 +1,116 @@
+"""The real CLI end to end: fit + test on a tiny ViT over the shipped demo data, artefacts, resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from crossearth_gate.cli import main
+
+TINY = [
+    "model.backbone_kwargs={embed_dim: 32, depth: 4, num_heads: 2}",
+    "model.head_channels=16",
+    "data.crop_size=56",
+    "data.batch_size=2",
+    "data.source.tiles=[1]",
+    "data.targets={tile_5: {dataset: dubai, root: '{demo_data}/dubai', tiles: [5]}}",
+    "eval.window=224",
+    "eval.stride=224",
+    "eval.samples_per_domain=1",
+    "train.val_every=2",
+    "train.warmup_steps=1",
+    "train.progress=false",
+    "gate.every=2",
+    "gate.num_samples=2",
+    "gate.k=3",
+]
+
+
+def run_cli(out: Path, *extra: str) -> int:
+    return main(["fit", "--config", "demo", "--out", str(out), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    assert run_cli(out, "train.max_steps=4") == 0
+    return out
+
+
+def test_fit_writes_every_artefact(tiny_run: Path) -> None:
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics["domains"]) == {"source_val", "tile_5"}
+    for result in metrics["domains"].values():
+        assert {"mIoU", "mF1", "OA", "per_class_iou"} <= set(result)
+        assert set(result["per_class_iou"]) == {"land", "water", "building", "vegetation", "road"}
+        assert 0.0 <= result["mIoU"] <= 100.0
+    params = metrics["params"]
+    assert 0 < params["trainable"] < params["total"]
+    assert len(params["per_slot"]) == 3 * 4
+    assert metrics["backbone"] == {"name": "vit_small_patch14_dinov2", "weights": "none"}
+    assert metrics["run"]["mode"] == "gated-fisher" and metrics["run"]["k"] == 3
+    assert len(metrics["run"]["active"]) == 3
+
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["train"]["max_steps"] == 4 and config["gate"]["k"] == 3
+
+    with safe_open(str(tiny_run / "trainable.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and not any(k.startswith("backbone.") for k in keys), "frozen backbone must not be saved"
+    assert {k.split(".")[0] for k in keys} == {"head", "toolbox"}
+
+    gates = json.loads((tiny_run / "gates.json").read_text())
+    assert gates["k"] == 3 and gates["selector"] == "fisher"
+    assert [s["step"] for s in gates["selections"]] == [0, 2]
+    for selection in gates["selections"]:
+        assert set(selection) == {"step", "raw", "normalized", "active"}
+        assert len(selection["active"]) == 3 and len(selection["raw"]) == 12
+    assert (tiny_run / "gate_map.png").stat().st_size > 0
+    assert (tiny_run / "checkpoints" / "last.ckpt").is_file()
+    assert (tiny_run / "logs" / "metrics.csv").is_file()
+    assert sorted(p.name for p in (tiny_run / "samples").glob("*.png")) == ["source_val_0.png", "tile_5_0.png"]
+    assert not list(tiny_run.rglob("*.tmp")), "no temporary files may be left behind"
+
+
+def test_same_seed_same_selections_and_metrics(tiny_run: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    assert run_cli(again, "train.max_steps=4") == 0
+    first = json.loads((tiny_run / "gates.json").read_text())
+    second = json.loads((again / "gates.json").read_text())
+    assert first == second
+    m1 = json.loads((tiny_run / "metrics.json").read_text())["domains"]
+    m2 = json.loads((again / "metrics.json").read_text())["domains"]
+    assert m1 == m2
+
+
+def test_killed_run_resumes_from_last_checkpoint_with_its_gate(tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    assert run_cli(out, "train.max_steps=2") == 0  # stands in for a run killed after step 2
+    before = json.loads((out / "gates.json").read_text())
+    assert [s["step"] for s in before["selections"]] == [0]
+    assert run_cli(out, "train.max_steps=4") == 0
+    after = json.loads((out / "gates.json").read_text())
+    assert after["selections"][0] == before["selections"][0], "history from before the kill is kept"
+    assert [s["step"] for s in after["selections"]] == [0, 2]
+    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+    assert rows, "training continued and logged"
+
+
+def test_unknown_config_key_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(tmp_path / "bad", "train.lrr=0.1") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "unknown config key config.train.lrr" in errors[0]
+
+
+def test_missing_data_folder_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere"
+    code = run_cli(tmp_path / "bad", f"data.source.root={missing}")
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if "error:" in line]
+    assert len(errors) == 1 and str(missing) in errors[0] and err[-1] == errors[0]
+    assert not any("Traceback" in line for line in err)
