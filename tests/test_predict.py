@@ -82,7 +82,7 @@ def test_real_scene_round_trip(model_dir: Path, tmp_path: Path, capsys: pytest.C
 
     out = tmp_path / "out"
     assert predict(tmp_path / "scene.tif", "-m", model_dir, "-o", out, "--bands", "1,1,1", "--tile", "256",
-                   "--window", "64", "--batch-size", "32", "--overlay") == 0
+                   "--window", "64", "--overlap", "0", "--batch-size", "64", "--overlay") == 0
 
     stdout = capsys.readouterr().out
     assert f"wrote {out / 'scene_pred.tif'}" in stdout and f"wrote {out / 'scene_overlay.png'}" in stdout

@@ -96,7 +96,7 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
     if len(spec.classes) > NODATA:
         raise UserError(f"{args.model}: {len(spec.classes)} classes do not fit uint8 outputs with 255 = nodata")
     patch = model.backbone.patch_size
-    window = args.window or spec.img_size
+    window = spec.img_size if args.window is None else args.window
     if window < patch or window % patch:
         raise UserError(f"--window {window} must be a positive multiple of the backbone patch size {patch}")
     if not 0 <= args.overlap < 1:
