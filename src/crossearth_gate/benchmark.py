@@ -7,7 +7,6 @@ ONE invocation, and the table reports ratios against the all-modules-on configur
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import platform
 import resource

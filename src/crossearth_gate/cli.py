@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             cfg = load_config(args.config, args.overrides)
             out = args.out or Path("runs") / cfg.name
         metrics = fit(cfg, out, resume=not args.no_resume)
-        console.print_run_summary(metrics, out)
+        if metrics is not None:
+            console.print_run_summary(metrics, out)
     elif args.command == "predict":
         from .predict import predict_cli
 

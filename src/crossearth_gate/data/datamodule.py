@@ -114,7 +114,9 @@ class SegDataModule(L.LightningDataModule):
             self._unlabelled = self._dataset(images, spec, self.train_transform, labelled=False)
         self._train = self._dataset(train_pairs, self.source, self.train_transform)
 
-    def _loader(self, dataset: SegmentationDataset | None, batch: int, shuffle: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: SegmentationDataset | None, batch: int, shuffle: bool = False, seed: int | None = None
+    ) -> DataLoader:
         if dataset is None:
             raise RuntimeError("SegDataModule.setup() must run before asking for loaders")
         return DataLoader(
@@ -124,7 +126,7 @@ class SegDataModule(L.LightningDataModule):
             drop_last=shuffle and len(dataset) >= batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed if seed is None else seed) if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -145,6 +147,9 @@ class SegDataModule(L.LightningDataModule):
             return None
         return self._loader(self._unlabelled, self.batch_size, shuffle=True)
 
-    def fisher_dataloader(self, batch_size: int) -> DataLoader:
-        """Labelled, augmented source train samples in a seeded order, for the Fisher gate's M draws."""
-        return self._loader(self._train, batch_size, shuffle=True)
+    def fisher_dataloader(self, batch_size: int, seed: int | None = None) -> DataLoader:
+        """Labelled, augmented source train samples in a seeded order, for the Fisher gate's M draws.
+
+        Pass a different ``seed`` per selection (and per rank) so each selection scores fresh samples.
+        """
+        return self._loader(self._train, batch_size, shuffle=True, seed=seed)

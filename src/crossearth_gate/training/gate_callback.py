@@ -15,6 +15,16 @@ from ..plots import plot_gate_map
 from .losses import per_sample_cross_entropy
 
 
+def check_ranks_agree(active: list[str]) -> None:
+    """Under DDP every rank must train the same slots; a mismatch would silently desynchronise them."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, active)
+    if any(other != active for other in gathered):
+        raise RuntimeError(f"ranks selected different active sets: {gathered}")
+
+
 class GateCallback(L.Callback):
     """Before the optimisation step ``s`` where the schedule is due, score all slots and keep the top-k."""
 
@@ -27,21 +37,25 @@ class GateCallback(L.Callback):
             GateSchedule(every=every, warmup=warmup), num_samples,
         )
         self.datamodule = datamodule
+        self.seed = seed
         self.num_samples = num_samples
         self.run_dir = run_dir
         self.ever_active: set[str] = set()
 
-    def _batches(self, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.datamodule.fisher_dataloader(self.num_samples):
+    def _batches(self, device: torch.device, rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Fresh samples for every selection, and different ones on every rank (scores are summed)."""
+        seed = self.seed + 7919 * len(self.gate.history) + 104729 * rank
+        for batch in self.datamodule.fisher_dataloader(self.num_samples, seed=seed):
             yield batch["image"].to(device), batch["mask"].to(device)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         step = trainer.global_step
         selection = self.gate.maybe_select(
-            step, pl_module.model, self._batches(pl_module.device), per_sample_cross_entropy
+            step, pl_module.model, self._batches(pl_module.device, trainer.global_rank), per_sample_cross_entropy
         )
         if selection is not None:
+            check_ranks_agree(pl_module.model.toolbox.active_slots())
             pl_module.log("gate/selection_step", float(step), batch_size=1)
             if self.run_dir is not None and trainer.is_global_zero:
                 self.write_artefacts()

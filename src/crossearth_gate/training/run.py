@@ -76,8 +76,8 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Tr
     except ImportError:
         pass
     strategy = t.strategy
-    if strategy == "ddp":  # slots switch on and off: some parameters get no gradient in some steps
-        strategy = "ddp_find_unused_parameters_true"
+    if strategy.startswith("ddp") and "find_unused" not in strategy:
+        strategy = f"{strategy}_find_unused_parameters_true"  # inactive slots get no gradient in some steps
     return L.Trainer(
         max_steps=t.max_steps,
         val_check_interval=min(t.val_every, t.max_steps),
@@ -98,8 +98,11 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Tr
     )
 
 
-def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any]:
-    """Train, select the checkpoint on held-out SOURCE data, test every domain, write the artefacts."""
+def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | None:
+    """Train, select the checkpoint on held-out SOURCE data, test every domain, write the artefacts.
+
+    Returns the metrics on the global-zero process (None on the other DDP ranks).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -133,13 +136,15 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any]:
     task.sample_dir = run_dir / "samples"
     loaders = [datamodule.val_dataloader(), *datamodule.test_dataloader()]
     trainer.test(task, dataloaders=loaders, ckpt_path=best, verbose=False)
+    if not trainer.is_global_zero:
+        return None
     if gate_cb is not None:
         gate_cb.write_artefacts()
-    return write_run_artefacts(cfg, run_dir, task, gate_cb, best)
+    return write_run_artefacts(cfg, run_dir, task, gate_cb, best, trainer.world_size)
 
 
 def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, gate_cb: GateCallback | None,
-                        checkpoint: str | None) -> dict[str, Any]:
+                        checkpoint: str | None, world_size: int) -> dict[str, Any]:
     model = task.model
     toolbox = model.toolbox
     per_slot = toolbox.slot_param_counts()
@@ -167,6 +172,7 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
             "k": gate_cb.gate.k if gate_cb else None,
             "active": toolbox.active_slots(),
             "checkpoint": checkpoint,
+            "world_size": world_size,
         },
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
