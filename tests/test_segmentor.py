@@ -109,8 +109,15 @@ def test_active_slot_at_init_gets_gradient() -> None:
 def test_blocks_below_lowest_active_slot_run_without_autograd(active: list[str], first_grad: int) -> None:
     model = segmentor()
     model.toolbox.set_active(active)
-    features = model.backbone(images(28, 28), model.toolbox)
+    # even an input that requires grad (so every op could be recorded) is not tracked below first_grad
+    x = images(28, 28).requires_grad_(True)
+    grad_mode: list[bool] = []
+    vit = model.backbone.vit
+    for module in [vit.patch_embed, *(block.norm1 for block in vit.blocks)]:
+        module.register_forward_pre_hook(lambda m, a: grad_mode.append(torch.is_grad_enabled()))
+    features = model.backbone(x, model.toolbox)
     assert [f.requires_grad for f in features] == [i >= first_grad for i in range(TINY_DEPTH)]
+    assert grad_mode == [first_grad == 0] + [i >= first_grad for i in range(TINY_DEPTH)]
     logits = model(images(28, 28))
     assert logits.requires_grad
 

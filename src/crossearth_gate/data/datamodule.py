@@ -14,9 +14,14 @@ from crossearth_gate.errors import UserError
 
 
 def _split_source(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Hold out a seeded share of the source files (at least one) for checkpoint selection."""
+    """Hold out a seeded share of the source files (at least one) for checkpoint selection.
+
+    ``fraction == 0`` holds out nothing: no validation, the last checkpoint is reported.
+    """
+    if fraction == 0:
+        return pairs, []
     if not 0 < fraction < 1:
-        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {fraction}")
+        raise UserError(f"val_fraction must be in [0, 1), got {fraction}")
     if len(pairs) < 2:
         folder = pairs[0][0].parent
         raise UserError(f"source {folder} has 1 image: too few to split off validation; give `val`")
@@ -106,7 +111,7 @@ class SegDataModule(L.LightningDataModule):
             shared = {p[0].resolve() for p in train_pairs} & {p[0].resolve() for p in val_pairs}
             if shared:
                 raise UserError(f"val shares {len(shared)} image(s) with the source, e.g. {min(shared)}")
-        self._val = self._dataset(val_pairs, val_spec, self.eval_transform)
+        self._val = self._dataset(val_pairs, val_spec, self.eval_transform) if val_pairs else None
         self._tests = [self._dataset(list_pairs(s), s, self.eval_transform) for s in self.targets.values()]
         if self.unlabelled_target is not None:
             spec = self.unlabelled_target
@@ -132,7 +137,14 @@ class SegDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._train, self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    @property
+    def has_validation(self) -> bool:
+        """False when val_fraction is 0 and no val domain is given (then the last checkpoint is used)."""
+        return self._val is not None
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        if self._train is not None and self._val is None:
+            return []
         return self._loader(self._val, 1)  # images differ in size, so they cannot be stacked
 
     def test_dataloader(self) -> list[DataLoader]:

@@ -62,7 +62,7 @@ def _quiet_lightning() -> None:
         logger.propagate = False
 
 
-def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], validate: bool) -> L.Trainer:
     _quiet_lightning()
     t = cfg.train
     if t.progress:
@@ -81,6 +81,7 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Tr
     return L.Trainer(
         max_steps=t.max_steps,
         val_check_interval=min(t.val_every, t.max_steps),
+        limit_val_batches=None if validate else 0,
         check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every,
         accelerator=t.accelerator,
@@ -107,17 +108,24 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     info = get_dataset_info(cfg.data.source.dataset)
-    domains = [SOURCE_VAL, *cfg.data.targets]
+    validate = cfg.data.val is not None or cfg.data.val_fraction > 0
+    domains = [SOURCE_VAL, *cfg.data.targets] if validate else list(cfg.data.targets)
     task = SegmentationTask(cfg, list(info.classes), list(info.palette), domains)
     backbone = task.model.backbone.info
     datamodule = build_datamodule(cfg, backbone.mean, backbone.std)
     datamodule.setup("fit")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/mIoU", mode="max", save_top_k=1,
-        save_last=True, auto_insert_metric_name=False,
-    )
+    if validate:  # model selection on held-out SOURCE data, never on target labels
+        checkpoint = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best", monitor="val/mIoU", mode="max", save_top_k=1,
+            save_last=True, auto_insert_metric_name=False,
+        )
+    else:
+        checkpoint = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, every_n_train_steps=cfg.train.val_every,
+            save_last=False, enable_version_counter=False,
+        )
     callbacks: list[L.Callback] = [checkpoint]
     gate_cb = None
     if cfg.gate.enabled:
@@ -125,16 +133,18 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
         gate_cb = GateCallback(task, datamodule, g.selector, g.k, g.every, g.warmup, g.num_samples,
                                cfg.train.seed, run_dir)
         callbacks.append(gate_cb)
-    trainer = _trainer(cfg, run_dir, callbacks)
+    trainer = _trainer(cfg, run_dir, callbacks, validate)
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         log.warning("resuming from %s", ckpt_path)
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    best = checkpoint.best_model_path or (str(last) if last.is_file() else None)
+    # source-selected checkpoint when validating; otherwise the final weights, already in memory
+    best = (checkpoint.best_model_path or None) if validate else None
     task.sample_dir = run_dir / "samples"
-    loaders = [datamodule.val_dataloader(), *datamodule.test_dataloader()]
+    loaders = [datamodule.val_dataloader()] if validate else []
+    loaders += datamodule.test_dataloader()
     trainer.test(task, dataloaders=loaders, ckpt_path=best, verbose=False)
     if not trainer.is_global_zero:
         return None
