@@ -111,11 +111,11 @@ def _measure(setup: BenchSetup, config: str, queue: Any) -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if config == "gated":
-        result["selection_s"] = _selection_time(model, setup, k)
+        result["selection_s"] = {m: _selection_time(model, setup, k, m) for m in ("loop", "vmap")}
     queue.put(result)
 
 
-def _selection_time(model: Any, setup: BenchSetup, k: int) -> float:
+def _selection_time(model: Any, setup: BenchSetup, k: int, method: str) -> float:
     """One Fisher re-selection over M single-image samples, as the gate callback runs it."""
     from .gating import FisherSelector
     from .training.losses import per_sample_cross_entropy
@@ -124,7 +124,7 @@ def _selection_time(model: Any, setup: BenchSetup, k: int) -> float:
     targets = torch.randint(0, NUM_CLASSES, (setup.num_samples, setup.img_size, setup.img_size))
     active = model.toolbox.active_slots()
     start = time.perf_counter()
-    FisherSelector().select(model, model.toolbox, [(images, targets)], per_sample_cross_entropy,
+    FisherSelector(method).select(model, model.toolbox, [(images, targets)], per_sample_cross_entropy,
                             setup.num_samples, k, 0)
     elapsed = time.perf_counter() - start
     model.toolbox.set_active(active)
@@ -150,13 +150,15 @@ def run_benchmark(setup: BenchSetup) -> dict[str, Any]:
         row["activations_vs_all_on"] = row["saved_activation_mb"] / base["saved_activation_mb"]
     gated = next(r for r in rows if r["config"] == "gated")
     training = setup.every * gated["step_s"]
-    overhead = gated["selection_s"] / (training + gated["selection_s"])
+    selection = {
+        method: {"seconds": seconds, "overhead_fraction": seconds / (training + seconds)}
+        for method, seconds in gated.pop("selection_s").items()
+    }
     return {
         "setup": asdict(setup),
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__},
         "rows": rows,
-        "selection": {"seconds": gated["selection_s"], "every": setup.every, "num_samples": setup.num_samples,
-                      "overhead_fraction": overhead},
+        "selection": {"every": setup.every, "num_samples": setup.num_samples, "methods": selection},
     }
 
 
@@ -174,10 +176,11 @@ def format_table(result: dict[str, Any]) -> str:
         )
     s = result["selection"]
     lines.append("")
-    lines.append(
-        f"selection: {s['seconds']:.2f} s for M={s['num_samples']} samples; overhead at N={s['every']}: "
-        f"{100 * s['overhead_fraction']:.2f} % of training time"
-    )
+    for method, m in s["methods"].items():
+        lines.append(
+            f"selection ({method}): {m['seconds']:.2f} s for M={s['num_samples']} samples; overhead at "
+            f"N={s['every']}: {100 * m['overhead_fraction']:.2f} % of training time"
+        )
     return "\n".join(lines)
 
 

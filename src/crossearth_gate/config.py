@@ -66,6 +66,7 @@ class GateConfig:
     every: int = 100
     warmup: int = 0
     num_samples: int = 8
+    fisher_method: str = "loop"  # per-sample gradients: loop (one backward per image) or vmap (torch.func)
 
 
 @dataclass

@@ -29,11 +29,11 @@ class GateCallback(L.Callback):
     """Before the optimisation step ``s`` where the schedule is due, score all slots and keep the top-k."""
 
     def __init__(self, task: L.LightningModule, datamodule: Any, selector: str, k: float, every: int,
-                 warmup: int, num_samples: int, seed: int, run_dir: Path | None):
+                 warmup: int, num_samples: int, seed: int, run_dir: Path | None, fisher_method: str = "loop"):
         toolbox = task.model.toolbox
         count = int(k) if k > 1 else k
         self.gate = Gate(
-            toolbox, make_selector(selector, seed), resolve_k(count, len(toolbox.slot_names)),
+            toolbox, make_selector(selector, seed, fisher_method), resolve_k(count, len(toolbox.slot_names)),
             GateSchedule(every=every, warmup=warmup), num_samples,
         )
         self.datamodule = datamodule

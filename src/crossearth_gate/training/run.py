@@ -131,7 +131,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     if cfg.gate.enabled:
         g = cfg.gate
         gate_cb = GateCallback(task, datamodule, g.selector, g.k, g.every, g.warmup, g.num_samples,
-                               cfg.train.seed, run_dir)
+                               cfg.train.seed, run_dir, g.fisher_method)
         callbacks.append(gate_cb)
     trainer = _trainer(cfg, run_dir, callbacks, validate)
     last = run_dir / "checkpoints" / "last.ckpt"
