@@ -114,3 +114,54 @@ def test_missing_data_folder_is_one_clear_line(tmp_path: Path, capsys: pytest.Ca
     errors = [line for line in err if "error:" in line]
     assert len(errors) == 1 and str(missing) in errors[0] and err[-1] == errors[0]
     assert not any("Traceback" in line for line in err)
+
+
+def test_slots_never_selected_keep_their_initial_weights(tiny_run: Path) -> None:
+    """The optimiser only moves selected slots: never-active ones still hold their zero-initialised parts."""
+    from safetensors.torch import load_file
+
+    gates = json.loads((tiny_run / "gates.json").read_text())
+    ever_active = {slot for s in gates["selections"] for slot in s["active"]}
+    zero_init = {"spatial": ["b_q", "b_v"], "semantic": ["bottleneck.up.weight"],
+                 "frequency": ["experts.0.up.weight", "experts.1.up.weight", "experts.2.up.weight"]}
+    state = load_file(str(tiny_run / "trainable.safetensors"))
+    moved, still = [], []
+    for slot in (f"{t}.{i}" for t in zero_init for i in range(4)):
+        slot_type = slot.split(".")[0]
+        tensors = [state[f"toolbox.slots.{slot}.{name}"] for name in zero_init[slot_type]]
+        (moved if any(t.abs().sum() > 0 for t in tensors) else still).append(slot)
+    assert set(moved) == ever_active
+    assert set(still) == {f"{t}.{i}" for t in zero_init for i in range(4)} - ever_active
+
+
+def test_report_on_two_real_runs_names_both(tiny_run: Path, tmp_path: Path) -> None:
+    frozen = tmp_path / "frozen"
+    assert run_cli(frozen, "train.max_steps=2", "name=tiny-frozen", "toolbox.types=[]", "gate.enabled=false") == 0
+    out = tmp_path / "report"
+    assert main(["report", str(tiny_run), str(frozen), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "demo-gated" in report and "tiny-frozen" in report
+    figures = {p.name for p in out.glob("*.png")}
+    assert any(name.startswith("gate_map") for name in figures)
+    assert any(name.startswith("per_class_iou") for name in figures)
+    assert any(name.startswith("curves") for name in figures)
+    for link in (line.split("](")[1].split(")")[0] for line in report.splitlines() if "](" in line):
+        assert (out / link).exists(), f"report links a missing file: {link}"
+
+
+def test_export_then_predict_from_the_exported_file(tiny_run: Path, tmp_path: Path) -> None:
+    exported = tmp_path / "model.safetensors"
+    assert main(["export", str(tiny_run), "--out", str(exported)]) == 0
+    sidecar = json.loads(exported.with_suffix(".json").read_text())
+    assert sidecar["backbone"] == "vit_small_patch14_dinov2"
+    assert sidecar["classes"] == ["land", "water", "building", "vegetation", "road"]
+    assert sidecar["active"] == json.loads((tiny_run / "metrics.json").read_text())["run"]["active"]
+    assert {"toolbox", "palette", "mean", "std", "backbone_kwargs"} <= set(sidecar)
+    images = Path(__file__).resolve().parents[1] / "src/crossearth_gate/demo_data/dubai/tile_5/images"
+    image = next(images.glob("*.jpg"))
+    out = tmp_path / "pred"
+    assert main(["predict", str(image), "--model", str(exported), "--out", str(out)]) == 0
+    from PIL import Image
+
+    pred = Image.open(out / f"{image.stem}_pred.png")
+    assert pred.mode == "P" and pred.size == Image.open(image).size
