@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from crossearth_gate.config import DEMO_DATA
 from test_cli_e2e import TINY
 
 
@@ -25,3 +26,15 @@ def test_two_process_ddp_training_with_gate(tmp_path: Path) -> None:
     assert metrics["run"]["world_size"] == 2
     assert metrics["run"]["active"] == gates["selections"][-1]["active"]
     assert set(metrics["domains"]) == {"source_val", "tile_5"}
+    # every target pixel counted exactly once although 9 images do not split evenly over 2 ranks
+    assert metrics["domains"]["tile_5"]["pixels"] == labelled_pixels(5)
+
+
+def labelled_pixels(tile: int) -> int:
+    """Independent count: the non-ignored pixels of every mask of a demo tile."""
+
+    from crossearth_gate.data import DomainSpec, get_dataset_info, list_pairs, read_mask
+
+    info = get_dataset_info("dubai")
+    pairs = list_pairs(DomainSpec("dubai", str(DEMO_DATA / "dubai"), tiles=[tile]))
+    return sum(int((read_mask(mask, info) != 255).sum()) for _, mask in pairs)

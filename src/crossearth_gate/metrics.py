@@ -69,6 +69,7 @@ def metrics_from_confusion(confmat: Tensor, class_names: Sequence[str]) -> dict[
         "OA": float(100.0 * tp.sum() / total),
         "per_class_iou": _percent_or_none(iou, present, class_names),
         "per_class_f1": _percent_or_none(f1, present, class_names),
+        "pixels": int(total),
     }
 
 

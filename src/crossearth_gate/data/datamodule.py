@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from crossearth_gate.data.catalog import RGB, DomainSpec, Pair, list_pairs
@@ -29,6 +30,17 @@ def _split_source(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[P
     held = set(np.random.default_rng(seed).permutation(len(pairs))[:n_val].tolist())
     train = [p for i, p in enumerate(pairs) if i not in held]
     return train, [p for i, p in enumerate(pairs) if i in held]
+
+
+def _unrepeated_sampler(dataset: SegmentationDataset) -> UnrepeatedDistributedSampler | None:
+    """Under DDP, split evaluation images across ranks WITHOUT padding: every pixel is counted once.
+
+    Lightning's default distributed sampler repeats samples to even out the ranks, which would count
+    some images twice in a domain's confusion matrix.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return UnrepeatedDistributedSampler(dataset, shuffle=False)
+    return None
 
 
 class SegDataModule(L.LightningDataModule):
@@ -128,6 +140,7 @@ class SegDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch,
             shuffle=shuffle,
+            sampler=None if shuffle else _unrepeated_sampler(dataset),
             drop_last=shuffle and len(dataset) >= batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

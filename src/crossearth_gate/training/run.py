@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ..artefacts import save_trainable, spec_of
@@ -18,6 +18,7 @@ from ..config import DomainConfig, RunConfig, config_to_dict
 from ..data import DomainSpec, SegDataModule, get_dataset_info
 from .checkpoint_io import AtomicCheckpointIO
 from .gate_callback import GateCallback
+from .progress import StepProgressBar
 from .task import SOURCE_VAL, SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], validat
     _quiet_lightning()
     t = cfg.train
     if t.progress:
-        callbacks = [*callbacks, RichProgressBar()]
+        callbacks = [*callbacks, StepProgressBar()]
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
     try:
         import tensorboard  # noqa: F401
