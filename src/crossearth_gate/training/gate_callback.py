@@ -10,7 +10,7 @@ import lightning as L
 import torch
 
 from ..atomic import atomic_write_json
-from ..gating import Gate, GateSchedule, make_selector, resolve_k
+from ..gating import Gate, GateSchedule, make_selector
 from ..plots import plot_gate_map
 from .losses import per_sample_cross_entropy
 
@@ -30,10 +30,9 @@ class GateCallback(L.Callback):
 
     def __init__(self, task: L.LightningModule, datamodule: Any, selector: str, k: float, every: int,
                  warmup: int, num_samples: int, seed: int, run_dir: Path | None, fisher_method: str = "loop"):
-        toolbox = task.model.toolbox
-        count = int(k) if k > 1 else k
+        budget = int(k) if k > 1 else k  # YAML gives floats: 9.0 means a count of 9, 0.25 a fraction
         self.gate = Gate(
-            toolbox, make_selector(selector, seed, fisher_method), resolve_k(count, len(toolbox.slot_names)),
+            task.model.toolbox, make_selector(selector, seed, fisher_method), budget,
             GateSchedule(every=every, warmup=warmup), num_samples,
         )
         self.datamodule = datamodule
