@@ -1,4 +1,4 @@
-"""Sliding-window and tiled inference must reproduce whole-image predictions of pointwise models."""
+"""Sliding-window inference must reproduce pointwise models, and tiling must reproduce the whole-image run."""
 
 import pytest
 import torch
@@ -9,6 +9,7 @@ from crossearth_gate.inference import (
     blend_weights,
     iter_tiles,
     sliding_window_logits,
+    sliding_window_logits_at,
     window_starts,
 )
 
@@ -100,29 +101,76 @@ def test_bad_forward_shape_is_reported() -> None:
         sliding_window_logits(lambda b: b, torch.randn(3, 8, 8), 4, 4, num_classes=2)
 
 
-@pytest.mark.parametrize(("height", "width", "tile", "margin"), [(23, 17, 8, 3), (8, 8, 8, 2), (5, 30, 7, 0)])
-def test_tile_cores_cover_every_pixel_once(height, width, tile, margin) -> None:
+def test_explicit_starts_validate_their_windows() -> None:
+    image = torch.randn(3, 10, 10)
+    with pytest.raises(ValueError, match="unseen"):
+        sliding_window_logits_at(_window_mean, image, 4, [0, 6], [0, 4], num_classes=2)
+    with pytest.raises(ValueError, match="non-negative"):
+        sliding_window_logits_at(_window_mean, image, 4, [-1, 6], [0, 6], num_classes=2)
+
+
+def _overlaps(start: int, window: int, core_start: int, core_len: int) -> bool:
+    return start < core_start + core_len and start + window > core_start
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "window", "stride"),
+    [(23, 17, 8, 5, 3), (8, 8, 8, 4, 2), (5, 30, 7, 8, 8), (150, 97, 40, 32, 21), (30, 41, 9, (6, 10), (4, 7))],
+)
+def test_tiles_run_the_global_windows_touching_their_core(height, width, tile, window, stride) -> None:
+    win_h, win_w = (window, window) if isinstance(window, int) else window
+    stride_h, stride_w = (stride, stride) if isinstance(stride, int) else stride
+    grid_rows, grid_cols = window_starts(height, win_h, stride_h), window_starts(width, win_w, stride_w)
     counts = torch.zeros(height, width, dtype=torch.long)
-    for t in iter_tiles(height, width, tile, margin):
+    for t in iter_tiles(height, width, tile, window, stride):
         read, write = t.read, t.write
         counts[write.row_off : write.row_off + write.height, write.col_off : write.col_off + write.width] += 1
         assert read.row_off + t.core_row == write.row_off and read.col_off + t.core_col == write.col_off
-        assert 0 <= read.row_off and read.row_off + read.height <= height
-        assert 0 <= read.col_off and read.col_off + read.width <= width
         assert t.core_row + write.height <= read.height and t.core_col + write.width <= read.width
-        assert t.core_row == min(margin, write.row_off) and t.core_col == min(margin, write.col_off)
+        rows = [read.row_off + s for s in t.row_starts]
+        cols = [read.col_off + s for s in t.col_starts]
+        assert rows == [s for s in grid_rows if _overlaps(s, win_h, write.row_off, write.height)]
+        assert cols == [s for s in grid_cols if _overlaps(s, win_w, write.col_off, write.width)]
+        # The read is the windows' union clipped to the scene: at most window - 1 pixels of context a side.
+        assert (read.row_off, read.row_off + read.height) == (rows[0], min(rows[-1] + win_h, height))
+        assert (read.col_off, read.col_off + read.width) == (cols[0], min(cols[-1] + win_w, width))
     assert torch.equal(counts, torch.ones_like(counts))
 
 
-def test_tiled_prediction_matches_whole_image(pointwise) -> None:
-    image = torch.randn(3, 37, 29)
+class WindowSensitive(nn.Module):
+    """Logits depend on the whole window (its mean) and on each pixel's place in it (zero-padded 3x3 conv),
+    so any difference in window placement between tiled and whole-image runs shows up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, NUM_CLASSES, kernel_size=3, padding=1)
+
+    def forward(self, batch: Tensor) -> Tensor:
+        return self.conv(batch) + 10 * batch.mean(dim=(1, 2, 3), keepdim=True)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "window", "stride", "blend"),
+    [
+        (37, 29, 12, 8, 5, "gaussian"),
+        (150, 97, 40, 32, 21, "gaussian"),
+        (150, 97, 40, 32, 21, "uniform"),
+        (20, 6, 4, 8, 3, "gaussian"),  # smaller than the window in one dimension only
+        (5, 6, 2, 8, 4, "gaussian"),  # smaller than the window: every tile pads like the whole image
+        (30, 41, 9, (6, 10), (4, 7), "gaussian"),
+    ],
+)
+def test_tiled_prediction_equals_whole_image(height, width, tile, window, stride, blend) -> None:
+    model, image = WindowSensitive(), torch.randn(3, height, width)
     with torch.no_grad():
-        expected = pointwise(image[None])[0]
+        expected = sliding_window_logits(model, image, window, stride, NUM_CLASSES, batch_size=5, blend=blend)
         stitched = torch.full_like(expected, float("nan"))
-        for t in iter_tiles(37, 29, tile=12, margin=4):
+        for t in iter_tiles(height, width, tile, window, stride):
             r, w = t.read, t.write
             crop = image[:, r.row_off : r.row_off + r.height, r.col_off : r.col_off + r.width]
-            logits = sliding_window_logits(pointwise, crop, window=8, stride=5, num_classes=NUM_CLASSES)
+            logits = sliding_window_logits_at(model, crop, window, t.row_starts, t.col_starts, NUM_CLASSES,
+                                              batch_size=3, blend=blend)
             core = logits[:, t.core_row : t.core_row + w.height, t.core_col : t.core_col + w.width]
             stitched[:, w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] = core
     torch.testing.assert_close(stitched, expected, atol=1e-5, rtol=0)

@@ -2,8 +2,9 @@
 
 Plain images (.png/.jpg/.jpeg) are read whole and written as palette PNGs of class indices.
 Every .tif/.tiff goes through rasterio instead, tile by tile (`iter_tiles`), so a scene of any size
-needs only one tile plus its context margin in memory; the output GeoTIFF keeps the scene's CRS,
-transform and size, with 255 = nodata and the class palette as colour table.
+needs only one tile plus its context margin in memory; each tile runs exactly its share of the
+whole-scene window grid, so the result does not depend on --tile. The output GeoTIFF keeps the
+scene's CRS, transform and size, with 255 = nodata and the class palette as colour table.
 
 Radiometry: the model was trained on 8-bit RGB. uint8 bands are used as they are; any other dtype
 is scaled per band by a 2-98 % percentile stretch to 0..255. The percentiles are computed ONCE per
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from .atomic import atomic_write
 from .data.datasets import read_image
 from .data.transforms import EvalTransform
 from .errors import UserError
-from .inference import Tile, Window, iter_tiles, sliding_window_logits, window_starts
+from .inference import Tile, Window, iter_tiles, sliding_window_logits_at, window_starts
 from .merge import merge_for_inference
 from .plots import overlay
 from .segmentor import Segmentor
@@ -66,14 +67,13 @@ class Predictor:
     batch_size: int
     device: torch.device
 
-    def window_count(self, height: int, width: int) -> int:
-        """How many forward windows `classify` runs on an image of this size (for the progress bar)."""
-        rows = window_starts(max(height, self.window), self.window, self.stride)
-        cols = window_starts(max(width, self.window), self.window, self.stride)
-        return len(rows) * len(cols)
+    def grid(self, height: int, width: int) -> tuple[list[int], list[int]]:
+        """Row and column window starts of the whole-image sliding window for this size."""
+        return window_starts(height, self.window, self.stride), window_starts(width, self.window, self.stride)
 
-    def classify(self, rgb: np.ndarray, advance: Advance) -> np.ndarray:
-        """HxWx3 uint8 → HxW uint8 class indices, normalised exactly as in evaluation."""
+    def classify(self, rgb: np.ndarray, row_starts: Sequence[int], col_starts: Sequence[int],
+                 advance: Advance) -> np.ndarray:
+        """HxWx3 uint8 → HxW uint8 class indices from the given windows, normalised exactly as in evaluation."""
         image, _ = EvalTransform(tuple(self.spec.mean), tuple(self.spec.std))(rgb, None)
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
@@ -81,8 +81,8 @@ class Predictor:
             advance(len(batch))
             return logits
 
-        logits = sliding_window_logits(forward, image.to(self.device), self.window, self.stride,
-                                       len(self.spec.classes), self.batch_size)
+        logits = sliding_window_logits_at(forward, image.to(self.device), self.window, row_starts, col_starts,
+                                          len(self.spec.classes), self.batch_size)
         return logits.argmax(0).to(torch.uint8).cpu().numpy()
 
 
@@ -274,10 +274,10 @@ def _predict_tile(predictor: Predictor, src: rasterio.DatasetReader, bands: list
     data, valid = _read(src, bands, window=_rio_window(tile.read))
     nodata = nodata_pixels(valid)
     if nodata.all():
-        advance(predictor.window_count(tile.read.height, tile.read.width))
+        advance(len(tile.row_starts) * len(tile.col_starts))
         classes = np.full(nodata.shape, NODATA, dtype=np.uint8)
     else:
-        classes = predictor.classify(to_rgb(data, nodata, stretch), advance)
+        classes = predictor.classify(to_rgb(data, nodata, stretch), tile.row_starts, tile.col_starts, advance)
         classes[nodata] = NODATA
     rows = slice(tile.core_row, tile.core_row + tile.write.height)
     cols = slice(tile.core_col, tile.core_col + tile.write.width)
@@ -303,8 +303,8 @@ def predict_geotiff(predictor: Predictor, job: Job, bands_arg: list[int] | None,
     with _raster_errors(job.source), rasterio.open(job.source) as src:
         bands = resolve_bands(bands_arg, src.count, job.source)
         stretch = scene_stretch(src, bands)
-        tiles = list(iter_tiles(src.height, src.width, tile_size, predictor.window // 2))
-        total = sum(predictor.window_count(t.read.height, t.read.width) for t in tiles)
+        tiles = list(iter_tiles(src.height, src.width, tile_size, predictor.window, predictor.stride))
+        total = sum(len(t.row_starts) * len(t.col_starts) for t in tiles)
         task = progress.add_task(job.source.name, total=total)
 
         def advance(n: int) -> None:
@@ -348,8 +348,9 @@ def palette_image(classes: np.ndarray, palette: list[list[int]]) -> Image.Image:
 
 def predict_image(predictor: Predictor, job: Job, with_overlay: bool, progress: Progress) -> list[Path]:
     rgb = read_image(job.source)
-    task = progress.add_task(job.source.name, total=predictor.window_count(*rgb.shape[:2]))
-    classes = predictor.classify(rgb, lambda n: progress.advance(task, n))
+    rows, cols = predictor.grid(*rgb.shape[:2])
+    task = progress.add_task(job.source.name, total=len(rows) * len(cols))
+    classes = predictor.classify(rgb, rows, cols, lambda n: progress.advance(task, n))
     palette = predictor.spec.palette
     written = [write_png(job.output("pred", ".png"), palette_image(classes, palette))]
     if with_overlay:
