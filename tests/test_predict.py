@@ -19,7 +19,10 @@ from crossearth_gate.cli import main
 from crossearth_gate.data.transforms import EvalTransform
 from crossearth_gate.inference import sliding_window_logits
 from crossearth_gate.merge import merge_for_inference
-from crossearth_gate.predict import Job, Predictor, predict_geotiff, scene_stretch
+from crossearth_gate.predict.geotiff import predict_geotiff
+from crossearth_gate.predict.inputs import Job
+from crossearth_gate.predict.model import Predictor
+from crossearth_gate.predict.radiometry import scene_stretch
 from crossearth_gate.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
 

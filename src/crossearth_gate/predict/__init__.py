@@ -1,0 +1,21 @@
+"""``crossearth-gate predict``: segment plain images, folders and GeoTIFF scenes with a trained model.
+
+Plain images (.png/.jpg/.jpeg) are read whole and written as palette PNGs of class indices.
+Every .tif/.tiff goes through rasterio instead, tile by tile (`iter_tiles`), so a scene of any size
+needs only one tile plus its context margin in memory; each tile runs exactly its share of the
+whole-scene window grid, so the result does not depend on --tile. The output GeoTIFF keeps the
+scene's CRS, transform and size, with 255 = nodata and the class palette as colour table.
+
+Radiometry: the model was trained on 8-bit RGB. uint8 bands are used as they are; any other dtype
+is scaled per band by a 2-98 % percentile stretch to 0..255. The percentiles are computed ONCE per
+scene from a decimated overview read (at most ``STATS_SIDE`` pixels a side, nodata excluded), so
+every tile is scaled identically and tile seams cannot come from per-tile statistics.
+"""
+
+from .cli import predict_cli
+from .geotiff import predict_geotiff
+from .inputs import Job
+from .model import Predictor
+from .radiometry import scene_stretch
+
+__all__ = ["Job", "Predictor", "predict_cli", "predict_geotiff", "scene_stretch"]

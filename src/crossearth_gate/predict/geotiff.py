@@ -1,0 +1,111 @@
+"""GeoTIFFs: tile-by-tile prediction into a georeferenced class raster, and its downsampled overlay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.errors
+import rasterio.windows
+from PIL import Image
+from rich.progress import Progress
+
+from ..atomic import atomic_write
+from ..errors import UserError
+from ..inference import Tile, Window, iter_tiles
+from ..plots import overlay
+from .images import write_png
+from .inputs import Job, resolve_bands
+from .model import Advance, Predictor
+from .radiometry import NODATA, Stretch, _overview_shape, _read, nodata_pixels, scene_stretch, to_rgb
+
+OVERLAY_SIDE = 2048
+BLOCK = 256
+
+
+def check_geotiffs(jobs: list[Job], bands: list[int] | None) -> None:
+    """Open every GeoTIFF and check its bands now, before the (possibly slow) model load."""
+    for job in jobs:
+        if job.is_geotiff:
+            with _raster_errors(job.source), rasterio.open(job.source) as src:
+                resolve_bands(bands, src.count, job.source)
+
+
+def _rio_window(window: Window) -> rasterio.windows.Window:
+    return rasterio.windows.Window(window.col_off, window.row_off, window.width, window.height)
+
+
+@contextmanager
+def _raster_errors(path: Path) -> Iterator[None]:
+    """GDAL errors (corrupt or unreadable files) as one-line user errors naming the file."""
+    try:
+        yield
+    except rasterio.errors.RasterioError as err:
+        raise UserError(f"{path}: cannot read as a raster ({' '.join(str(err).split())})") from None
+
+
+def _predict_tile(predictor: Predictor, src: rasterio.DatasetReader, bands: list[int], tile: Tile,
+                  stretch: Stretch | None, advance: Advance) -> np.ndarray:
+    """Class indices of the tile's core; tiles without any valid pixel skip the model."""
+    data, valid = _read(src, bands, window=_rio_window(tile.read))
+    nodata = nodata_pixels(valid)
+    if nodata.all():
+        advance(len(tile.row_starts) * len(tile.col_starts))
+        classes = np.full(nodata.shape, NODATA, dtype=np.uint8)
+    else:
+        classes = predictor.classify(to_rgb(data, nodata, stretch), tile.row_starts, tile.col_starts, advance)
+        classes[nodata] = NODATA
+    rows = slice(tile.core_row, tile.core_row + tile.write.height)
+    cols = slice(tile.core_col, tile.core_col + tile.write.width)
+    return classes[rows, cols]
+
+
+def _output_profile(src: rasterio.DatasetReader) -> dict:
+    return {
+        "driver": "GTiff", "width": src.width, "height": src.height, "count": 1, "dtype": "uint8",
+        "crs": src.crs, "transform": src.transform, "nodata": NODATA, "compress": "lzw",
+        "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
+    }
+
+
+def _colormap(palette: list[list[int]]) -> dict[int, tuple[int, int, int, int]]:
+    colours = {i: (r, g, b, 255) for i, (r, g, b) in enumerate(palette)}
+    return {**colours, NODATA: (0, 0, 0, 0)}
+
+
+def predict_geotiff(predictor: Predictor, job: Job, bands_arg: list[int] | None, tile_size: int,
+                    progress: Progress) -> tuple[Path, Stretch | None, list[int]]:
+    """Tile-by-tile prediction into ``<stem>_pred.tif``, written to a temporary file and renamed."""
+    with _raster_errors(job.source), rasterio.open(job.source) as src:
+        bands = resolve_bands(bands_arg, src.count, job.source)
+        stretch = scene_stretch(src, bands)
+        tiles = list(iter_tiles(src.height, src.width, tile_size, predictor.window, predictor.stride))
+        total = sum(len(t.row_starts) * len(t.col_starts) for t in tiles)
+        task = progress.add_task(job.source.name, total=total)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        def write(tmp: str) -> None:
+            with rasterio.open(tmp, "w", **_output_profile(src)) as dst:
+                for tile in tiles:
+                    core = _predict_tile(predictor, src, bands, tile, stretch, advance)
+                    dst.write(core, 1, window=_rio_window(tile.write))
+                dst.write_colormap(1, _colormap(predictor.spec.palette))
+
+        path = atomic_write(job.output("pred", ".tif"), write)
+    return path, stretch, bands
+
+
+def geotiff_overlay(job: Job, prediction: Path, bands: list[int], stretch: Stretch | None,
+                    palette: list[list[int]]) -> Path:
+    """A downsampled RGB overlay PNG (longest side at most ``OVERLAY_SIDE``) from overview reads."""
+    with _raster_errors(job.source), rasterio.open(job.source) as src, rasterio.open(prediction) as pred:
+        shape = _overview_shape(src.height, src.width, OVERLAY_SIDE)
+        data, valid = _read(src, bands, out_shape=(len(bands), *shape))
+        classes = pred.read(1, out_shape=shape)
+    rgb = to_rgb(data, nodata_pixels(valid), stretch)
+    return write_png(job.output("overlay", ".png"), Image.fromarray(overlay(rgb, classes, palette)))

@@ -1,0 +1,84 @@
+"""Inputs: files and folders expanded into jobs, and the --bands choice checked against each file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+SUFFIXES = PLAIN_SUFFIXES + GEOTIFF_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the folder its outputs go to (folders are mirrored below --out)."""
+
+    source: Path
+    out_dir: Path
+
+    @property
+    def is_geotiff(self) -> bool:
+        return self.source.suffix.lower() in GEOTIFF_SUFFIXES
+
+    def output(self, kind: str, suffix: str) -> Path:
+        return self.out_dir / f"{self.source.stem}_{kind}{suffix}"
+
+
+def _folder_jobs(folder: Path, out: Path) -> list[Job]:
+    """Every supported image below ``folder``, skipping earlier outputs if --out lies inside it."""
+    resolved_out = out.resolve()
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in SUFFIXES and not p.resolve().is_relative_to(resolved_out)
+    )
+    if not files:
+        raise UserError(f"{folder}: no {', '.join(SUFFIXES)} files in this folder")
+    return [Job(p, out / p.parent.relative_to(folder)) for p in files]
+
+
+def collect_jobs(inputs: list[Path], out: Path) -> list[Job]:
+    """Expand folders, refuse missing or unsupported inputs and inputs whose outputs would collide."""
+    jobs: list[Job] = []
+    for path in inputs:
+        if path.is_dir():
+            jobs.extend(_folder_jobs(path, out))
+        elif not path.exists():
+            raise UserError(f"{path}: input not found")
+        elif path.suffix.lower() not in SUFFIXES:
+            raise UserError(f"{path}: unsupported input type (use {', '.join(SUFFIXES)})")
+        else:
+            jobs.append(Job(path, out))
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        key = job.output("pred", "")
+        if key in seen:
+            raise UserError(f"{seen[key]} and {job.source} would write the same output {key}_pred.*")
+        seen[key] = job.source
+    return jobs
+
+
+def parse_bands(text: str | None) -> list[int] | None:
+    """``"3,2,1"`` → [3, 2, 1]: exactly three 1-based band numbers, repeats allowed."""
+    if text is None:
+        return None
+    try:
+        bands = [int(part) for part in text.split(",")]
+    except ValueError:
+        bands = []
+    if len(bands) != 3 or min(bands) < 1:
+        raise UserError(f"--bands {text!r}: expected three comma-separated 1-based band numbers, e.g. 3,2,1 or 1,1,1")
+    return bands
+
+
+def resolve_bands(bands: list[int] | None, count: int, path: Path) -> list[int]:
+    """The bands to read as R, G, B: --bands checked against the file, else 1,2,3 when there are three."""
+    if bands is None:
+        if count < 3:
+            raise UserError(f"{path}: has {count} band(s), not RGB; pass --bands 1,1,1 to use band 1 as grey")
+        return [1, 2, 3]
+    if max(bands) > count:
+        raise UserError(f"{path}: --bands asks for band {max(bands)} but the file has {count} band(s)")
+    return bands

@@ -1,0 +1,73 @@
+"""Model loading: the merged, eval-mode Predictor and the window geometry it runs with."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..artefacts import ModelSpec, load_trainable
+from ..data.transforms import EvalTransform
+from ..errors import UserError
+from ..inference import sliding_window_logits_at, window_starts
+from ..merge import merge_for_inference
+from ..segmentor import Segmentor
+from .radiometry import NODATA
+
+Advance = Callable[[int], None]
+
+
+@dataclass
+class Predictor:
+    """A merged, eval-mode model plus the window geometry it is run with."""
+
+    model: Segmentor
+    spec: ModelSpec
+    window: int
+    stride: int
+    batch_size: int
+    device: torch.device
+
+    def grid(self, height: int, width: int) -> tuple[list[int], list[int]]:
+        """Row and column window starts of the whole-image sliding window for this size."""
+        return window_starts(height, self.window, self.stride), window_starts(width, self.window, self.stride)
+
+    def classify(self, rgb: np.ndarray, row_starts: Sequence[int], col_starts: Sequence[int],
+                 advance: Advance) -> np.ndarray:
+        """HxWx3 uint8 → HxW uint8 class indices from the given windows, normalised exactly as in evaluation."""
+        image, _ = EvalTransform(tuple(self.spec.mean), tuple(self.spec.std))(rgb, None)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            logits = self.model(batch)
+            advance(len(batch))
+            return logits
+
+        logits = sliding_window_logits_at(forward, image.to(self.device), self.window, row_starts, col_starts,
+                                          len(self.spec.classes), self.batch_size)
+        return logits.argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def model_file(path: Path) -> Path:
+    return path / "trainable.safetensors" if path.is_dir() else path
+
+
+def load_predictor(args: argparse.Namespace) -> Predictor:
+    """Load (and unless --no-merge, merge) the model; check window and overlap against its patch size."""
+    model, spec = load_trainable(model_file(args.model), args.weights)
+    if len(spec.classes) > NODATA:
+        raise UserError(f"{args.model}: {len(spec.classes)} classes do not fit uint8 outputs with 255 = nodata")
+    patch = model.backbone.patch_size
+    window = spec.img_size if args.window is None else args.window
+    if window < patch or window % patch:
+        raise UserError(f"--window {window} must be a positive multiple of the backbone patch size {patch}")
+    if not 0 <= args.overlap < 1:
+        raise UserError(f"--overlap {args.overlap} must be in [0, 1)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.no_merge:
+        model = merge_for_inference(model)
+    stride = max(1, round(window * (1 - args.overlap)))
+    return Predictor(model.to(device).eval(), spec, window, stride, args.batch_size, device)
