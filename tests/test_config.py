@@ -55,3 +55,11 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("train: [unclosed\n")
     with pytest.raises(UserError, match="invalid YAML"):
         load_config(str(bad))
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/**/[!_]*.yaml")))
+def test_every_shipped_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEG_DATA", "/data")
+    cfg = load_config(str(path))
+    assert cfg.data.targets, f"{path.name} names no target domain"
+    assert "$" not in cfg.data.source.root, "environment variables expand"
