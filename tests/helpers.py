@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -9,6 +11,9 @@ import torch
 from torch import nn
 
 from crossearth_gate.backbones import BackboneInfo, FrozenViT
+
+SHARED_DATA = Path(os.environ.get("CEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+"""The project's read-only real data (../shared/data beside the repository), or $CEG_SHARED_DATA."""
 
 TINY_WIDTH = 32
 TINY_DEPTH = 4

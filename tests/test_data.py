@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -24,9 +23,9 @@ from crossearth_gate.data import (
     read_mask,
 )
 from crossearth_gate.errors import UserError
+from helpers import SHARED_DATA
 
-SHARED = Path(os.environ.get("CEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-CROPS = SHARED / "isprs-loveda-crops"
+CROPS = SHARED_DATA / "isprs-loveda-crops"
 POTSDAM = get_dataset_info("potsdam")
 DUBAI = get_dataset_info("dubai")
 LAND, WATER, BUILDING, VEGETATION, ROAD = DUBAI.palette

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,11 @@ from crossearth_gate.predict.model import Predictor
 from crossearth_gate.predict.radiometry import scene_stretch
 from crossearth_gate.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
+from helpers import SHARED_DATA
 
 CLASSES = ["background", "building", "road"]
 PALETTE = [[10, 20, 30], [200, 40, 40], [40, 200, 40]]
 WINDOW = 32  # test_vit: patch 16, so 2x2 tokens per window
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("CEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +71,7 @@ def read_png(path: Path) -> np.ndarray:
 
 
 def test_real_scene_round_trip(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    scene = shared_data() / "spacenet-geotiff" / "sample_geotiff.tif"
+    scene = SHARED_DATA / "spacenet-geotiff" / "sample_geotiff.tif"
     if not scene.is_file():
         pytest.skip(f"{scene} not available")
     # The sample declares nodata=0 but has no such pixel: blank a corner so nodata handling is exercised.

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from crossearth_gate.cli import main
+from helpers import SHARED_DATA
 
-SHARED = Path(os.environ.get("CEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-CROPS = SHARED / "isprs-loveda-crops"
+CROPS = SHARED_DATA / "isprs-loveda-crops"
 
 pytestmark = [
     pytest.mark.slow,
