@@ -22,6 +22,12 @@ from .segmentor import Segmentor
 from .toolbox.slots import ToolboxConfig
 
 FORMAT = "crossearth-gate/1"
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+def model_file(path: Path) -> Path:
+    """A run directory's trainable weights, or the given file itself."""
+    return path / TRAINABLE_FILE if path.is_dir() else path
 
 
 @dataclass

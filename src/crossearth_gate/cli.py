@@ -80,10 +80,6 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
-def _model_path(path: Path) -> Path:
-    return path / "trainable.safetensors" if path.is_dir() else path
-
-
 def run(args: argparse.Namespace) -> int:
     from . import console
 
@@ -110,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
         path = write_report(args.runs, args.out)
         console.info(f"report written to {path}")
     elif args.command == "export":
-        from .artefacts import export_model
+        from .artefacts import export_model, model_file
 
-        weights, sidecar = export_model(_model_path(args.model), args.out)
+        weights, sidecar = export_model(model_file(args.model), args.out)
         console.info(f"exported {weights} and {sidecar}")
     elif args.command == "benchmark":
         from .benchmark import benchmark_cli

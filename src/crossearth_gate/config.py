@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .data.catalog import DomainSpec
 from .errors import UserError
 from .toolbox.slots import ToolboxConfig
 
@@ -24,22 +25,12 @@ PACKAGED_CONFIGS = PACKAGE_DIR / "configs"
 
 
 @dataclass
-class DomainConfig:
-    """One domain: a named dataset (classes, label format) at a folder, optionally a split or tiles."""
-
-    dataset: str = "dubai"
-    root: str = ""
-    split: str | None = None
-    tiles: list[int] | None = None
-
-
-@dataclass
 class DataConfig:
-    source: DomainConfig = field(default_factory=DomainConfig)
-    targets: dict[str, DomainConfig] = field(default_factory=dict)
-    val: DomainConfig | None = None  # None: hold out val_fraction of the source files
+    source: DomainSpec = field(default_factory=lambda: DomainSpec("dubai", ""))
+    targets: dict[str, DomainSpec] = field(default_factory=dict)
+    val: DomainSpec | None = None  # None: hold out val_fraction of the source files
     val_fraction: float = 0.2
-    unlabelled_target: DomainConfig | None = None
+    unlabelled_target: DomainSpec | None = None
     crop_size: int = 224
     scale_range: tuple[float, float] = (0.5, 2.0)
     batch_size: int = 4

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..artefacts import ModelSpec, load_trainable
+from ..artefacts import ModelSpec, load_trainable, model_file
 from ..data.transforms import EvalTransform
 from ..errors import UserError
 from ..inference import sliding_window_logits_at, window_starts
@@ -49,10 +48,6 @@ class Predictor:
         logits = sliding_window_logits_at(forward, image.to(self.device), self.window, row_starts, col_starts,
                                           len(self.spec.classes), self.batch_size)
         return logits.argmax(0).to(torch.uint8).cpu().numpy()
-
-
-def model_file(path: Path) -> Path:
-    return path / "trainable.safetensors" if path.is_dir() else path
 
 
 def load_predictor(args: argparse.Namespace) -> Predictor:

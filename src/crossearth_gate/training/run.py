@@ -12,10 +12,10 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from ..artefacts import save_trainable, spec_of
+from ..artefacts import TRAINABLE_FILE, save_trainable, spec_of
 from ..atomic import atomic_write_json, atomic_write_text
-from ..config import DomainConfig, RunConfig, config_to_dict
-from ..data import DomainSpec, SegDataModule, get_dataset_info
+from ..config import RunConfig, config_to_dict
+from ..data import SegDataModule, get_dataset_info
 from .checkpoint_io import AtomicCheckpointIO
 from .gate_callback import GateCallback
 from .progress import StepProgressBar
@@ -24,18 +24,14 @@ from .task import SOURCE_VAL, SegmentationTask
 log = logging.getLogger(__name__)
 
 
-def domain_spec(d: DomainConfig) -> DomainSpec:
-    return DomainSpec(dataset=d.dataset, root=d.root, split=d.split, tiles=d.tiles)
-
-
 def build_datamodule(cfg: RunConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> SegDataModule:
     d = cfg.data
     return SegDataModule(
-        source=domain_spec(d.source),
-        targets={name: domain_spec(spec) for name, spec in d.targets.items()},
-        val=domain_spec(d.val) if d.val else None,
+        source=d.source,
+        targets=d.targets,
+        val=d.val,
         val_fraction=d.val_fraction,
-        unlabelled_target=domain_spec(d.unlabelled_target) if d.unlabelled_target else None,
+        unlabelled_target=d.unlabelled_target,
         crop_size=d.crop_size,
         scale_range=tuple(d.scale_range),
         batch_size=d.batch_size,
@@ -189,7 +185,7 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
     atomic_write_json(run_dir / "metrics.json", metrics)
     spec = spec_of(model, task.classes, task.palette, cfg.train.seed, cfg.data.crop_size, cfg.model.head,
                    cfg.model.head_channels, cfg.model.backbone_kwargs)
-    save_trainable(run_dir / "trainable.safetensors", model, spec)
+    save_trainable(run_dir / TRAINABLE_FILE, model, spec)
     return metrics
 
 
