@@ -56,16 +56,71 @@ def test_low_part_is_smoother_than_input() -> None:
     assert roughness(low) < 0.5 * roughness(x) < roughness(high)
 
 
-@pytest.mark.parametrize(("h", "w", "cutoff"), [(32, 32, 0.25), (16, 8, 0.25), (5, 7, 0.2), (3, 3, 0.1)])
+def expected_width(size: int, cutoff: float) -> int:
+    """Independent rule: the odd width nearest to cutoff·size (ties up; never wider than the axis' odd part)."""
+    if cutoff >= 1.0:
+        return size
+    return min(range(1, size + 1, 2), key=lambda width: (abs(width - cutoff * size), -width))
+
+
+@pytest.mark.parametrize(("h", "w", "cutoff"), [(32, 32, 0.25), (16, 8, 0.25), (5, 7, 0.2), (3, 3, 0.1),
+                                                 (16, 16, 0.25), (8, 6, 0.9), (4, 4, 1.0)])
 def test_low_pass_window_is_centred_with_relative_size(h: int, w: int, cutoff: float) -> None:
     mask = low_pass_mask(h, w, cutoff)
-    kh, kw = max(1, round(cutoff * h)), max(1, round(cutoff * w))
+    kh, kw = expected_width(h, cutoff), expected_width(w, cutoff)
     assert mask.shape == (h, w) and set(mask.unique().tolist()) <= {0.0, 1.0}
     assert mask.sum() == kh * kw
     assert mask[h // 2, w // 2] == 1  # DC after fftshift
     rows, cols = mask.nonzero(as_tuple=True)
     assert rows.max() - rows.min() + 1 == kh and cols.max() - cols.min() + 1 == kw
-    assert abs((rows.float().mean() - h // 2).item()) <= 0.5 and abs((cols.float().mean() - w // 2).item()) <= 0.5
+    if cutoff < 1.0:  # centred exactly on the zero frequency
+        assert rows.float().mean() == h // 2 and cols.float().mean() == w // 2
+
+
+def test_window_at_16x16_spans_minus_two_to_plus_two() -> None:
+    """The review case: round(0.25·16) = 4 is even; the window must be −2…+2, not −2…+1."""
+    mask = low_pass_mask(16, 16, 0.25)
+    rows = mask[:, 8].nonzero().flatten() - 8
+    assert rows.tolist() == [-2, -1, 0, 1, 2]
+
+
+@pytest.mark.parametrize(("h", "w"), [(16, 16), (8, 6), (5, 7), (4, 9)])
+@pytest.mark.parametrize("cutoff", [0.1, 0.25, 0.5, 0.9, 1.0])
+def test_window_is_symmetric_so_the_low_band_is_real(h: int, w: int, cutoff: float) -> None:
+    """Mask(k) == Mask(−k) in unshifted frequencies ⇒ the inverse FFT of the low part has no imaginary part."""
+    unshifted = torch.fft.ifftshift(low_pass_mask(h, w, cutoff))
+    flipped = unshifted[(-torch.arange(h)) % h][:, (-torch.arange(w)) % w]
+    assert torch.equal(unshifted, flipped)
+    x = grid_features(h, w).double()
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=(-2, -1))
+    low = torch.fft.ifft2(torch.fft.ifftshift(spectrum * low_pass_mask(h, w, cutoff).double(), dim=(-2, -1)),
+                          norm="ortho")
+    assert low.imag.abs().max() < 1e-12
+
+
+@pytest.mark.parametrize(("h", "w"), GRIDS + [(16, 16)])
+@pytest.mark.parametrize("cutoff", [0.1, 0.25, 1.0])
+def test_one_inverse_fft_equals_the_two_inverse_fft_formula(h: int, w: int, cutoff: float) -> None:
+    """Reference: the earlier formula, an inverse FFT of each masked part (real part of each)."""
+    x = grid_features(h, w)
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=(-2, -1))
+    mask = low_pass_mask(h, w, cutoff)
+
+    def back(part: Tensor) -> Tensor:
+        return torch.fft.ifft2(torch.fft.ifftshift(part, dim=(-2, -1)), norm="ortho").real
+
+    low, high = frequency_split(x, cutoff)
+    torch.testing.assert_close(low, back(spectrum * mask), atol=1e-6, rtol=0)
+    torch.testing.assert_close(high, back(spectrum * (1 - mask)), atol=1e-6, rtol=0)
+
+
+def test_float64_stays_float64_and_exact() -> None:
+    x = grid_features(16, 16).double()
+    low, high = frequency_split(x, 0.25)
+    assert low.dtype == high.dtype == torch.float64
+    torch.testing.assert_close(low + high, x, atol=1e-13, rtol=0)
+    half = frequency_split(x.half(), 0.25)
+    assert half[0].dtype == torch.float16
 
 
 @pytest.mark.parametrize("cutoff", [0.0, -0.1, 1.5])

@@ -4,6 +4,12 @@ ViT features all have stride p (the patch size); the pyramid resamples the ``num
 strides p/4, p/2, p, 2p (shallow to deep) as ViTDet-style heads do, so that detail comes from the
 shallow blocks and context from the deep ones. GroupNorm keeps it batch-size independent (and makes
 per-sample Fisher scores independent of the other samples in a batch).
+
+Each lateral's 1×1 projection runs BEFORE the resampling: a 1×1 convolution and bilinear resampling
+are both linear and commute, so projecting the full-width ViT features at stride p and resampling
+head-width maps gives the same output as resampling first, at a fraction of the cost (384 → 96
+channels for ViT-S, at 16× the pixels on the finest level). GroupNorm and ReLU stay after the
+resampling, where their statistics were computed before.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ class FPNHead(nn.Module):
         laterals = []
         for feat, lateral, scale in zip(features, self.lateral, self.scales, strict=True):
             size = (max(1, round(base[0] * scale)), max(1, round(base[1] * scale)))
-            laterals.append(lateral(F.interpolate(feat, size=size, mode="bilinear", align_corners=False)))
+            project, norm_act = lateral[0], lateral[1:]
+            projected = F.interpolate(project(feat), size=size, mode="bilinear", align_corners=False)
+            laterals.append(norm_act(projected))
         for i in range(len(laterals) - 1, 0, -1):  # top-down: deep context into finer levels
             laterals[i - 1] = laterals[i - 1] + F.interpolate(
                 laterals[i], size=laterals[i - 1].shape[-2:], mode="bilinear", align_corners=False

@@ -6,6 +6,8 @@ pass through untouched.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -13,15 +15,22 @@ from .adapter import Bottleneck
 
 
 def _centred_band(size: int, cutoff: float, device: torch.device | None) -> Tensor:
-    keep = max(1, round(cutoff * size))
-    start = size // 2 - keep // 2
+    """Frequencies −r…+r around zero (odd width ≈ cutoff·size, at least 1); the whole axis at cutoff 1.
+
+    An odd, zero-centred window is symmetric under k → −k, so the low band of a real signal is real by
+    construction (an even width would take one unpaired frequency and give a complex "low" band).
+    """
+    if cutoff >= 1.0:
+        return torch.ones(size, device=device)
+    radius = max(0, math.floor((cutoff * size - 1) / 2 + 0.5))
+    radius = min(radius, (size - 1) // 2)  # keep the unpaired Nyquist bin of an even axis out
     band = torch.zeros(size, device=device)
-    band[start : start + keep] = 1.0
+    band[size // 2 - radius : size // 2 + radius + 1] = 1.0
     return band
 
 
 def low_pass_mask(height: int, width: int, cutoff: float, device: torch.device | None = None) -> Tensor:
-    """A centred window of relative size ``cutoff`` in the fftshift-ed spectrum (at least one bin)."""
+    """A zero-centred window of relative size ``cutoff`` in the fftshift-ed spectrum (odd width, ≥ 1 bin)."""
     if not 0.0 < cutoff <= 1.0:
         raise ValueError(f"frequency cutoff must be in (0, 1], got {cutoff}")
     return _centred_band(height, cutoff, device)[:, None] * _centred_band(width, cutoff, device)[None, :]
@@ -30,16 +39,16 @@ def low_pass_mask(height: int, width: int, cutoff: float, device: torch.device |
 def frequency_split(grid: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
     """Split (B, C, h, w) features into low- and high-frequency parts with low + high == input.
 
-    Orthonormal 2-D FFT, shift, centred low-pass window, inverse FFT of both parts, real part.
+    Orthonormal 2-D FFT, shift, symmetric low-pass window, ONE inverse FFT for the low band; the high
+    band is the rest (x − low), exactly what a second inverse FFT of the complement would give.
+    Half-precision inputs are transformed in float32; float32 and float64 keep their precision.
     """
     height, width = grid.shape[-2:]
-    spectrum = torch.fft.fftshift(torch.fft.fft2(grid.float(), norm="ortho"), dim=(-2, -1))
-    mask = low_pass_mask(height, width, cutoff, grid.device)
-
-    def back(part: Tensor) -> Tensor:
-        return torch.fft.ifft2(torch.fft.ifftshift(part, dim=(-2, -1)), norm="ortho").real.to(grid.dtype)
-
-    return back(spectrum * mask), back(spectrum * (1 - mask))
+    work = grid if grid.dtype in (torch.float32, torch.float64) else grid.float()
+    spectrum = torch.fft.fftshift(torch.fft.fft2(work, norm="ortho"), dim=(-2, -1))
+    mask = low_pass_mask(height, width, cutoff, grid.device).to(work.dtype)
+    low = torch.fft.ifft2(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1)), norm="ortho").real
+    return low.to(grid.dtype), (work - low).to(grid.dtype)
 
 
 class FrequencyAdapter(nn.Module):
