@@ -1,5 +1,8 @@
 """Fisher-guided gating: score the slots, pick the top k, re-select on a schedule (no Lightning here)."""
 
+from .budget import Budget, BudgetedSelector, budgeted_top_k
+from .calibration import calibrate, measured_cost_model
+from .costs import CostModel
 from .fisher import FISHER_METHODS, SlotStats, Switchboard, slot_fisher, slot_gradnorm
 from .gate import Gate, GateSchedule, Record
 from .selection import (
@@ -19,6 +22,9 @@ from .selection import (
 __all__ = [
     "FISHER_METHODS",
     "SELECTORS",
+    "Budget",
+    "BudgetedSelector",
+    "CostModel",
     "FisherSelector",
     "Gate",
     "GateSchedule",
@@ -29,7 +35,10 @@ __all__ = [
     "Selector",
     "SlotStats",
     "Switchboard",
+    "budgeted_top_k",
+    "calibrate",
     "make_selector",
+    "measured_cost_model",
     "normalize_per_type",
     "resolve_k",
     "slot_fisher",

@@ -48,16 +48,18 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         s = self.selection
-        return {
+        record = {
             "step": self.step,
             "raw": {name: float(v) for name, v in s.raw.items()},
             "normalized": {name: float(v) for name, v in s.normalized.items()},
             "active": list(s.active),
         }
+        return record if s.budget is None else {**record, "budget": s.budget}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
-        return cls(int(d["step"]), Selection(dict(d["raw"]), dict(d["normalized"]), list(d["active"])))
+        selection = Selection(dict(d["raw"]), dict(d["normalized"]), list(d["active"]), d.get("budget"))
+        return cls(int(d["step"]), selection)
 
 
 class Gate:

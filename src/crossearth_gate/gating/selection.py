@@ -11,7 +11,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from torch import nn
 
@@ -22,11 +22,13 @@ from .fisher import Batches, PerSampleLoss, Switchboard, check_method, slot_fish
 
 @dataclass(frozen=True)
 class Selection:
-    """One re-selection: raw scores Ŝ, per-type normalised scores S, and the chosen active set."""
+    """One re-selection: raw scores Ŝ, per-type normalised scores S, the chosen active set, and for a
+    budgeted selection its cost record (budget.py)."""
 
     raw: dict[str, float]
     normalized: dict[str, float]
     active: list[str]
+    budget: dict[str, Any] | None = None
 
 
 def slot_order(name: str) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 
 from ..atomic import atomic_write_json
-from ..gating import Gate, GateSchedule, make_selector
+from ..gating import Budget, BudgetedSelector, Gate, GateSchedule, make_selector, measured_cost_model
 from ..plots import plot_gate_map
 from .losses import per_sample_cross_entropy
 
@@ -25,16 +25,21 @@ def check_ranks_agree(active: list[str]) -> None:
         raise RuntimeError(f"ranks selected different active sets: {gathered}")
 
 
+COST_MODEL_FILE = "cost_model.json"
+
+
 class GateCallback(L.Callback):
-    """Before the optimisation step ``s`` where the schedule is due, score all slots and keep the top-k."""
+    """Before the optimisation step ``s`` where the schedule is due, score all slots and keep the top-k
+    (or, with a ``budget``, the best set within it: the cost model is measured when training starts)."""
 
     def __init__(self, task: L.LightningModule, datamodule: Any, selector: str, k: float, every: int,
-                 warmup: int, num_samples: int, seed: int, run_dir: Path | None, fisher_method: str = "loop"):
-        budget = int(k) if k > 1 else k  # YAML gives floats: 9.0 means a count of 9, 0.25 a fraction
-        self.gate = Gate(
-            task.model.toolbox, make_selector(selector, seed, fisher_method), budget,
-            GateSchedule(every=every, warmup=warmup), num_samples,
-        )
+                 warmup: int, num_samples: int, seed: int, run_dir: Path | None, fisher_method: str = "loop",
+                 budget: Budget | None = None):
+        count = int(k) if k > 1 else k  # YAML gives floats: 9.0 means a count of 9, 0.25 a fraction
+        chooser = make_selector(selector, seed, fisher_method)
+        if budget is not None and budget.is_set:
+            chooser = BudgetedSelector(chooser, budget)
+        self.gate = Gate(task.model.toolbox, chooser, count, GateSchedule(every=every, warmup=warmup), num_samples)
         self.datamodule = datamodule
         self.seed = seed
         self.num_samples = num_samples
@@ -46,6 +51,17 @@ class GateCallback(L.Callback):
         seed = self.seed + 7919 * len(self.gate.history) + 104729 * rank
         for batch in self.datamodule.fisher_dataloader(self.num_samples, seed=seed):
             yield batch["image"].to(device), batch["mask"].to(device)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Measure (or read back from the run directory) the cost model a budgeted gate selects with."""
+        selector = self.gate.selector
+        if not isinstance(selector, BudgetedSelector):
+            return
+        batch = next(iter(self.datamodule.fisher_dataloader(self.datamodule.batch_size, seed=self.seed)))
+        images, targets = batch["image"].to(pl_module.device), batch["mask"].to(pl_module.device)
+        cache = self.run_dir / COST_MODEL_FILE if self.run_dir is not None else None
+        model = pl_module.model
+        selector.cost = measured_cost_model(model, model.toolbox, images, targets, per_sample_cross_entropy, cache)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
