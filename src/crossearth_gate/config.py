@@ -17,6 +17,7 @@ import yaml
 
 from .data.catalog import DomainSpec
 from .errors import UserError
+from .gating.budget import Budget
 from .toolbox.slots import ToolboxConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -58,6 +59,7 @@ class GateConfig:
     warmup: int = 0
     num_samples: int = 8
     fisher_method: str = "loop"  # per-sample gradients: loop (one backward per image) or vmap (torch.func)
+    budget: Budget = field(default_factory=Budget)  # compute-aware selection; all None: the paper's top-k
 
 
 @dataclass

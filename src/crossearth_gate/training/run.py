@@ -128,7 +128,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     if cfg.gate.enabled:
         g = cfg.gate
         gate_cb = GateCallback(task, datamodule, g.selector, g.k, g.every, g.warmup, g.num_samples,
-                               cfg.train.seed, run_dir, g.fisher_method)
+                               cfg.train.seed, run_dir, g.fisher_method, g.budget)
         callbacks.append(gate_cb)
     trainer = _trainer(cfg, run_dir, callbacks, validate)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -197,7 +197,7 @@ def run_mode(cfg: RunConfig) -> str:
     if not types:
         return "frozen"
     if cfg.gate.enabled:
-        return f"gated-{cfg.gate.selector}"
+        return f"gated-{cfg.gate.selector}" + ("-budget" if cfg.gate.budget.is_set else "")
     if types == {"spatial", "semantic", "frequency"}:
         return "all-on"
     names = {"spatial": "lora", "semantic": "adaptformer", "frequency": "earth-adapter"}
