@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=100, help="gate re-selection interval N")
     p.add_argument("--num-samples", type=int, default=8, help="Fisher samples M")
     p.add_argument("--out", type=Path, help="JSON file for the results")
+
+    p = sub.add_parser("study", help="run configs x protocols x seeds (resumable); means, intervals, verdicts")
+    p.add_argument("study", type=Path, help="study YAML, e.g. configs/studies/paper_claims.yaml")
+    p.add_argument("--out", "-o", required=True, type=Path, help="study folder (runs/, results.json, study.md)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their commands; run nothing")
+    p.add_argument("--report-only", action="store_true", help="re-aggregate the finished cells; run nothing")
     return parser
 
 
@@ -114,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         from .benchmark import benchmark_cli
 
         benchmark_cli(args)
+    elif args.command == "study":
+        from .study.cli import study_cli
+
+        study_cli(args)
     return 0
 
 

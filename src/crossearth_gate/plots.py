@@ -147,6 +147,21 @@ def plot_gate_map(gates: Mapping[str, Any], path: str | Path, num_layers: int | 
     return _save(fig, path)
 
 
+def plot_gate_maps(gates_by_name: Mapping[str, Mapping[str, Any]], path: str | Path, title: str) -> Path:
+    """Activation frequencies of several gated runs side by side (one panel each, same layer axis)."""
+    if not gates_by_name:
+        raise UserError("no gate histories to plot")
+    n = max(infer_num_layers(g) for g in gates_by_name.values())
+    fig = Figure(figsize=(3.6 * len(gates_by_name), max(3.6, 0.3 * n + 1.8)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(gates_by_name)))
+    for ax, (name, gates) in zip(axes, gates_by_name.items(), strict=True):
+        _heatmap(fig, ax, activation_frequency(gates, n), "Blues", 1.0, "fraction of selections active", ".2f",
+                 hide_zero=True)
+        ax.set_title(f"{name}\nk={gates.get('k', '?')}, selector={gates.get('selector', '?')}", pad=10, fontsize=10)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 # ----------------------------------------------------------------------------- training curves
 
 

@@ -20,6 +20,7 @@ from .checkpoint_io import AtomicCheckpointIO
 from .gate_callback import GateCallback
 from .progress import StepProgressBar
 from .task import SOURCE_VAL, SegmentationTask
+from .timing import StepTimer
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
         gate_cb = GateCallback(task, datamodule, g.selector, g.k, g.every, g.warmup, g.num_samples,
                                cfg.train.seed, run_dir, g.fisher_method, g.budget)
         callbacks.append(gate_cb)
+    timer = StepTimer()  # after the gate callback: a selection at batch start is not part of the step
+    callbacks.append(timer)
     trainer = _trainer(cfg, run_dir, callbacks, validate)
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
@@ -147,11 +150,11 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
         return None
     if gate_cb is not None:
         gate_cb.write_artefacts()
-    return write_run_artefacts(cfg, run_dir, task, gate_cb, best, trainer.world_size)
+    return write_run_artefacts(cfg, run_dir, task, gate_cb, best, trainer.world_size, timer)
 
 
 def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, gate_cb: GateCallback | None,
-                        checkpoint: str | None, world_size: int) -> dict[str, Any]:
+                        checkpoint: str | None, world_size: int, timer: StepTimer) -> dict[str, Any]:
     model = task.model
     toolbox = model.toolbox
     per_slot = toolbox.slot_param_counts()
@@ -181,6 +184,7 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
             "checkpoint": checkpoint,
             "world_size": world_size,
         },
+        "timing": timer.summary(),
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     spec = spec_of(model, task.classes, task.palette, cfg.train.seed, cfg.data.crop_size, cfg.model.head,

@@ -1,0 +1,67 @@
+"""From cell records to the study's numbers: per-config summaries, paired differences, claim verdicts.
+
+Only cells with status "done" enter any mean; a failed or missing cell is listed, never counted as 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from .records import DONE
+from .spec import Study
+from .stats import Paired, paired_difference, summarize, verdict
+
+
+def _by_seed(done: list[dict[str, Any]], protocol: str, config: str) -> dict[int, float]:
+    return {c["seed"]: c["target_mean_mIoU"] for c in done
+            if c["protocol"] == protocol and c["config"] == config and c["target_mean_mIoU"] is not None}
+
+
+def _paired(p: Paired) -> dict[str, Any]:
+    return {"n": p.n, **asdict(p), "seeds": list(p.seeds), "differences": list(p.differences), "verdict": verdict(p)}
+
+
+def _values(runs: list[dict[str, Any]], key: str) -> list[float]:
+    return [r[key] for r in runs if isinstance(r.get(key), int | float)]
+
+
+def _config_summary(runs: list[dict[str, Any]], domains: list[str], not_done: list[int]) -> dict[str, Any]:
+    return {
+        "seeds": sorted(r["seed"] for r in runs),
+        "not_done": sorted(not_done),
+        "target_mean_mIoU": asdict(summarize(_values(runs, "target_mean_mIoU"))),
+        "domains": {d: asdict(summarize(r["domains"][d]["mIoU"] for r in runs
+                                        if isinstance(r["domains"].get(d, {}).get("mIoU"), int | float)))
+                    for d in domains},
+        "trainable_params": summarize(_values(runs, "trainable_params")).mean,
+        "step_s": summarize(_values(runs, "step_s")).mean,
+        "wall_s": summarize(_values(runs, "wall_s")).mean,
+    }
+
+
+def aggregate(cells: list[dict[str, Any]], study: Study) -> dict[str, Any]:
+    """Everything study.md and the figures show, as plain JSON-ready data."""
+    done = [c for c in cells if c["status"] == DONE]
+    protocols: dict[str, Any] = {}
+    for protocol in study.protocols:
+        in_protocol = [c for c in cells if c["protocol"] == protocol]
+        domains = list(dict.fromkeys(d for c in in_protocol if c["status"] == DONE for d in c["domains"]))
+        configs = {}
+        for name, entry in study.configs.items():
+            if protocol not in entry.seeds:
+                continue
+            mine = [c for c in in_protocol if c["config"] == name]
+            runs = [c for c in mine if c["status"] == DONE]
+            configs[name] = _config_summary(runs, domains, [c["seed"] for c in mine if c["status"] != DONE])
+        reference = _by_seed(done, protocol, study.reference)
+        paired = {name: _paired(paired_difference(_by_seed(done, protocol, name), reference))
+                  for name in configs if name != study.reference} if study.reference in configs else {}
+        protocols[protocol] = {"domains": domains, "configs": configs, "paired": paired}
+    claims = []
+    for claim in study.claims:
+        p = paired_difference(_by_seed(done, claim.protocol, claim.better), _by_seed(done, claim.protocol, claim.worse))
+        claims.append({**asdict(claim), **_paired(p)})
+    not_done = [{k: c[k] for k in ("protocol", "config", "seed", "status", "command")} | {"error": c.get("error")}
+                for c in cells if c["status"] != DONE]
+    return {"reference": study.reference, "protocols": protocols, "claims": claims, "not_done": not_done}

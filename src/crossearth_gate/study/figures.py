@@ -1,0 +1,104 @@
+"""The study's figures: mIoU with error bars, paired differences with intervals, gate maps side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from ..atomic import atomic_write
+from ..plots import DPI, plot_gate_maps
+from .records import DONE
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight"))
+
+
+def plot_miou(protocol: str, summary: dict[str, Any], cells: list[dict[str, Any]], path: Path) -> Path:
+    """Target-mean mIoU per config: bar = mean over seeds, error bar = sample std, dots = single seeds."""
+    names = list(summary["configs"])
+    fig = Figure(figsize=(max(6.0, 0.75 * len(names) + 2.0), 4.5), layout="constrained")
+    ax = fig.subplots()
+    for x, name in enumerate(names):
+        s = summary["configs"][name]["target_mean_mIoU"]
+        if s["mean"] is None:
+            ax.text(x, 1, "no run", ha="center", va="bottom", rotation=90, fontsize=8, color="#777777")
+            continue
+        ax.bar(x, s["mean"], 0.6, color="tab:blue", alpha=0.35)
+        if s["std"] is not None:
+            ax.errorbar(x, s["mean"], yerr=s["std"], color="black", capsize=4, linewidth=1.2)
+        seeds = [c["target_mean_mIoU"] for c in cells if c["protocol"] == protocol and c["config"] == name
+                 and c["status"] == DONE and c["target_mean_mIoU"] is not None]
+        ax.plot([x] * len(seeds), seeds, "o", color="tab:blue", markersize=4)
+        ax.annotate(f"{s['mean']:.1f}\nn={s['n']}", (x, s["mean"] + (s["std"] or 0)), textcoords="offset points",
+                    xytext=(0, 4), ha="center", fontsize=7)
+    means = [summary["configs"][n]["target_mean_mIoU"]["mean"] for n in names]
+    known = [m for m in means if m is not None]
+    if known:
+        ax.set_ylim(max(0.0, min(known) - 10), min(100.0, max(known) + 8))
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+    ax.set_ylabel("target-mean mIoU (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"Protocol {protocol}: mean ± sample std over seeds (dots: single seeds)")
+    return _save(fig, path)
+
+
+def plot_paired(protocol: str, summary: dict[str, Any], reference: str, path: Path) -> Path:
+    """Mean paired difference to the reference per config with its 95 % t interval (none for n < 2)."""
+    paired = summary["paired"]
+    names = list(paired)
+    fig = Figure(figsize=(7.0, max(2.5, 0.45 * len(names) + 1.5)), layout="constrained")
+    ax = fig.subplots()
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    for y, name in enumerate(names):
+        p = paired[name]
+        if p["mean"] is None:
+            ax.text(0, y, "  no paired seeds", va="center", fontsize=8, color="#777777")
+            continue
+        if p["low"] is not None:
+            ax.errorbar(p["mean"], y, xerr=[[p["mean"] - p["low"]], [p["high"] - p["mean"]]], fmt="o",
+                        color="tab:blue", capsize=4)
+        else:
+            ax.plot(p["mean"], y, "o", mfc="white", color="tab:blue")
+        ax.annotate(f"n={p['n']}", (p["mean"], y), textcoords="offset points", xytext=(0, 6), ha="center",
+                    fontsize=7)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"target-mean mIoU minus {reference} (points, same seed)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"Protocol {protocol}: paired differences, 95 % t intervals (hollow: one seed, no interval)")
+    return _save(fig, path)
+
+
+def gate_histories(protocol: str, cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per gated config, the selections of all its finished seeds pooled into one gate history."""
+    pooled: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        gates_path = Path(c["run_dir"]) / "gates.json"
+        if c["protocol"] != protocol or c["status"] != DONE or not gates_path.is_file():
+            continue
+        gates = json.loads(gates_path.read_text(encoding="utf-8"))
+        entry = pooled.setdefault(c["config"], {"k": gates.get("k"), "selector": gates.get("selector"),
+                                                "selections": [], "seeds": 0})
+        entry["selections"] += gates.get("selections", [])
+        entry["seeds"] += 1
+    return {f"{name} ({g['seeds']} seed{'s' * (g['seeds'] != 1)})": g for name, g in pooled.items()
+            if g["selections"]}
+
+
+def write_figures(summary: dict[str, Any], cells: list[dict[str, Any]], out: Path) -> dict[str, list[Path]]:
+    """Every figure of every protocol, under ``out/figures``; keyed by protocol for study.md."""
+    figures: dict[str, list[Path]] = {}
+    for protocol, s in summary["protocols"].items():
+        paths = [plot_miou(protocol, s, cells, out / "figures" / f"miou_{protocol}.png")]
+        if s["paired"]:
+            paths.append(plot_paired(protocol, s, summary["reference"], out / "figures" / f"paired_{protocol}.png"))
+        gates = gate_histories(protocol, cells)
+        if gates:
+            paths.append(plot_gate_maps(gates, out / "figures" / f"gate_maps_{protocol}.png",
+                                        f"Protocol {protocol}: how often each slot was active (seeds pooled)"))
+        figures[protocol] = paths
+    return figures

@@ -1,0 +1,241 @@
+"""Study files, aggregation of cell records, and the resumable runner (with a stand-in for fit)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from crossearth_gate.config import load_config
+from crossearth_gate.errors import UserError
+from crossearth_gate.study.aggregate import aggregate
+from crossearth_gate.study.records import cell_record
+from crossearth_gate.study.runner import run_cells
+from crossearth_gate.study.spec import load_study, parse_study
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "configs" / "studies" / "paper_claims.yaml"
+
+
+def study_dict(**changes: Any) -> dict[str, Any]:
+    data = {
+        "name": "toy",
+        "reference": "ref",
+        "seeds": 3,
+        "overrides": ["train.max_steps=2"],
+        "protocols": {"A": {"overrides": ["data.batch_size=2"]}, "B": {}},
+        "configs": {
+            "ref": {"config": "demo", "overrides": ["gate.enabled=false"]},
+            "gated": {"config": "demo", "seeds": {"B": [7]}},
+        },
+        "claims": [{"name": "gated beats ref", "better": "gated", "worse": "ref", "protocol": "A"}],
+    }
+    data.update(changes)
+    return data
+
+
+def toy_study(**changes: Any):
+    return parse_study(study_dict(**changes), Path("toy.yaml"))
+
+
+def one_protocol_study(**changes: Any):
+    """Protocol A only; both configs get the study's seeds."""
+    configs = {"ref": {"config": "demo", "overrides": ["gate.enabled=false"]}, "gated": {"config": "demo"}}
+    return toy_study(**{"protocols": {"A": {}}, "configs": configs, **changes})
+
+
+# ----------------------------------------------------------------------------- the study file
+
+
+def test_cells_first_seeds_first_with_overrides_in_order() -> None:
+    cells = toy_study().cells()
+    assert [c.key for c in cells[:4]] == ["A/ref/seed0", "A/gated/seed0", "B/ref/seed0", "B/gated/seed7"]
+    assert len(cells) == 3 + 3 + 3 + 1
+    a_ref = cells[0]
+    assert a_ref.overrides == ("train.max_steps=2", "data.batch_size=2", "gate.enabled=false", "train.seed=0")
+    out = Path("out")
+    assert a_ref.fit_args(out) == ["fit", "--config", "demo", "--out", "out/runs/A/ref/seed0", *a_ref.overrides]
+    assert shlex.split(a_ref.command(out)) == ["crossearth-gate", *a_ref.fit_args(out)]
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"colour": 1}, "unknown key 'colour'"),
+    ({"reference": "nope"}, "reference 'nope' is not a config"),
+    ({"seeds": 0}, "seeds: expected a count"),
+    ({"overrides": ["no-equals-sign"]}, "overrides: expected a list of key.sub=value"),
+    ({"configs": {"ref": {"config": "no/such.yaml"}}}, "configs.ref.config: config 'no/such.yaml' not found"),
+    ({"configs": {"ref": {"config": "demo", "protocols": ["Z"]}}}, "configs.ref.protocols"),
+    ({"configs": {"ref": {"config": "demo", "seed": 3}}}, "configs.ref: unknown key 'seed'"),
+    ({"configs": {"ref": {"config": "demo", "seeds": {"Z": 2}}}}, "configs.ref.seeds: unknown key 'Z'"),
+    ({"claims": [{"name": "x", "better": "gated", "worse": "ghost", "protocol": "A"}]}, "'ghost' is not a config"),
+    ({"claims": [{"name": "x", "better": "gated", "protocol": "A"}]}, "missing key 'worse'"),
+    ({"protocols": {"A/B": {}}}, "is not a valid name"),
+])
+def test_bad_study_is_one_clear_line(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(UserError, match=None) as err:
+        toy_study(**changes)
+    text = str(err.value)
+    assert message in text and "\n" not in text
+
+
+def test_config_paths_are_relative_to_the_study_file(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("_base_: demo\nname: local\n")
+    path = tmp_path / "sub" / "study.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(study_dict(configs={"ref": {"config": "../base.yaml"}}, claims=[])))
+    (cell,) = {c.config_path for c in load_study(path).cells()}
+    assert Path(cell) == tmp_path / "base.yaml"
+
+
+def test_shipped_study_loads_and_every_cell_resolves() -> None:
+    study = load_study(SHIPPED)
+    cells = study.cells()
+    keys = {c.key for c in cells}
+    for config in ("frozen", "all_on", "gated_fisher", "gated_random"):
+        assert {f"A/{config}/seed{s}" for s in range(3)} <= keys
+    assert {f"{p}/{c}/seed0" for p in "ABC" for c in ("full_finetune", "lora", "gated_gradnorm")} <= keys
+    assert {f"A/fisher_k{k}/seed0" for k in (4, 18, 27)} <= keys and "B/fisher_k4/seed0" not in keys
+    assert len(cells) == 38
+    for cell in cells:
+        cfg = load_config(cell.config_path, list(cell.overrides))
+        assert cfg.model.weights == "auto" and cfg.train.seed == cell.seed
+        if cell.protocol == "C":
+            assert (cfg.data.source.dataset, list(cfg.data.targets)) == ("potsdam", ["vaihingen"])
+        else:
+            source, targets = ([1, 2, 3, 4], [5, 6, 7, 8]) if cell.protocol == "A" else ([5, 6, 7, 8], [1, 2, 3, 4])
+            assert cfg.data.source.tiles == source
+            assert [t.tiles[0] for t in cfg.data.targets.values()] == targets
+    ks = {c.config: load_config(c.config_path, list(c.overrides)).gate.k for c in cells if c.protocol == "A"}
+    assert (ks["fisher_k4"], ks["fisher_k18"], ks["fisher_k27"], ks["gated_fisher"]) == (4, 18, 27, 0.25)
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def made_up_cell(protocol: str, config: str, seed: int, target: float | None, status: str = "done") -> dict:
+    """A results.json record whose two targets average to ``target`` (tile_5 = target - 1, tile_6 = target + 1)."""
+    domains = {} if target is None else {
+        "source_val": {"mIoU": 50.0, "mF1": 60.0, "OA": 80.0},
+        "tile_5": {"mIoU": target - 1, "mF1": 0.0, "OA": 0.0},
+        "tile_6": {"mIoU": target + 1, "mF1": 0.0, "OA": 0.0},
+    }
+    return {"protocol": protocol, "config": config, "seed": seed, "status": status, "domains": domains,
+            "target_mean_mIoU": target, "trainable_params": 1000 + seed, "step_s": 0.5, "wall_s": 60.0,
+            "command": f"crossearth-gate fit ... {config} {seed}", "error": None if status == "done" else "boom"}
+
+
+def test_aggregate_against_hand_computed_values(tmp_path: Path) -> None:
+    cells = [
+        made_up_cell("A", "ref", 0, 30.0), made_up_cell("A", "ref", 1, 32.0), made_up_cell("A", "ref", 2, 34.0),
+        made_up_cell("A", "gated", 0, 33.0), made_up_cell("A", "gated", 1, 33.5),
+        made_up_cell("A", "gated", 2, None, status="failed"),  # died: must not count as 0
+        made_up_cell("B", "ref", 0, 40.0), made_up_cell("B", "ref", 1, None, "missing"),
+        made_up_cell("B", "ref", 2, 44.0), made_up_cell("B", "gated", 7, 41.0),
+    ]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"cells": cells}))
+    summary = aggregate(json.loads(path.read_text())["cells"], toy_study())
+
+    a = summary["protocols"]["A"]
+    assert a["domains"] == ["source_val", "tile_5", "tile_6"]
+    ref, gated = a["configs"]["ref"], a["configs"]["gated"]
+    assert ref["target_mean_mIoU"] == {"n": 3, "mean": 32.0, "std": 2.0}
+    assert ref["domains"]["tile_5"] == {"n": 3, "mean": 31.0, "std": 2.0}
+    assert gated["seeds"] == [0, 1] and gated["not_done"] == [2]
+    assert gated["target_mean_mIoU"]["n"] == 2 and gated["target_mean_mIoU"]["mean"] == 33.25
+    assert gated["target_mean_mIoU"]["std"] == pytest.approx(math.sqrt(0.125))
+    assert gated["trainable_params"] == 1000.5
+
+    diff = a["paired"]["gated"]  # seeds 0, 1: 33 - 30 = 3 and 33.5 - 32 = 1.5
+    assert diff["seeds"] == [0, 1] and diff["differences"] == [3.0, 1.5]
+    assert diff["mean"] == 2.25 and diff["std"] == pytest.approx(math.sqrt(1.125))
+    half = 12.7062 * math.sqrt(1.125) / math.sqrt(2)
+    assert diff["low"] == pytest.approx(2.25 - half) and diff["high"] == pytest.approx(2.25 + half)
+    assert diff["verdict"] == "inconclusive at this sample size"
+
+    b = summary["protocols"]["B"]
+    assert b["configs"]["ref"]["target_mean_mIoU"] == {"n": 2, "mean": 42.0, "std": pytest.approx(math.sqrt(8))}
+    assert b["paired"]["gated"]["n"] == 0, "seed 7 has no reference partner"
+    (claim,) = summary["claims"]
+    assert claim["name"] == "gated beats ref" and claim["mean"] == 2.25 and claim["n"] == 2
+    assert {(c["config"], c["seed"], c["status"]) for c in summary["not_done"]} == {
+        ("gated", 2, "failed"), ("ref", 1, "missing")}
+
+
+def test_clear_gain_over_three_seeds_is_supported() -> None:
+    cells = [made_up_cell("A", "ref", s, 30.0 + s) for s in range(3)]
+    cells += [made_up_cell("A", "gated", s, 33.0 + s + 0.1 * s) for s in range(3)]
+    (claim,) = aggregate(cells, one_protocol_study())["claims"]
+    assert claim["verdict"] == "supported" and claim["low"] > 0
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+class FakeFit:
+    """Stands in for the ``fit`` subprocess: writes metrics.json, or fails, or is 'killed' at a given call."""
+
+    def __init__(self, fail: set[str] = frozenset(), kill_at: int | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+        self.kill_at = kill_at
+
+    def __call__(self, argv: list[str], stdout: Any, stderr: Any) -> int:
+        out = Path(argv[argv.index("--out") + 1])
+        key = "/".join(out.parts[-3:])
+        if self.kill_at is not None and len(self.calls) == self.kill_at:
+            raise KeyboardInterrupt
+        self.calls.append(key)
+        if key in self.fail:
+            stdout.write("crossearth-gate: error: data folder not found\n")
+            return 2
+        seed = int(out.name.removeprefix("seed"))
+        metrics = {"domains": {"source_val": {"mIoU": 50.0, "mF1": 1.0, "OA": 2.0},
+                               "tile_5": {"mIoU": 30.0 + seed, "mF1": 1.0, "OA": 2.0}},
+                   "params": {"trainable": 123}, "run": {"selector": None, "k": None},
+                   "timing": {"step_s": 0.25, "timed_steps": 2}}
+        (out / "metrics.json").write_text(json.dumps(metrics))
+        return 0
+
+
+def test_killed_study_reruns_only_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = one_protocol_study()
+    cells = study.cells()
+    first = FakeFit(kill_at=2)
+    monkeypatch.setattr(subprocess, "call", first)
+    with pytest.raises(KeyboardInterrupt):
+        run_cells(cells, tmp_path)
+    assert first.calls == ["A/ref/seed0", "A/gated/seed0"]
+
+    second = FakeFit(fail={"A/gated/seed2"})
+    monkeypatch.setattr(subprocess, "call", second)
+    run_cells(cells, tmp_path)
+    assert second.calls == [c.key for c in cells[2:]], "finished cells are never rerun"
+
+    records = [cell_record(c, tmp_path) for c in cells]
+    failed = [r for r in records if r["status"] != "done"]
+    assert [(r["config"], r["seed"], r["status"]) for r in failed] == [("gated", 2, "failed")]
+    assert failed[0]["target_mean_mIoU"] is None and "data folder not found" in failed[0]["error"]
+    done = records[0]
+    assert done["target_mean_mIoU"] == 30.0 and done["trainable_params"] == 123 and done["step_s"] == 0.25
+    assert done["wall_s"] is not None and done["run_dir"] == str(tmp_path / "runs/A/ref/seed0")
+
+    third = FakeFit()
+    monkeypatch.setattr(subprocess, "call", third)
+    run_cells(cells, tmp_path)
+    assert third.calls == ["A/gated/seed2"], "a failed cell is retried, nothing else"
+
+
+def test_changed_study_does_not_reuse_a_run_made_with_other_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subprocess, "call", FakeFit())
+    run_cells(one_protocol_study(seeds=1).cells(), tmp_path)
+    changed = one_protocol_study(seeds=1, overrides=["train.max_steps=3"])
+    with pytest.raises(UserError, match="made with other settings"):
+        run_cells(changed.cells(), tmp_path)
