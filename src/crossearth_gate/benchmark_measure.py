@@ -1,0 +1,128 @@
+"""What the benchmark measures, on the demo protocol's real model and images: training steps, the bytes
+autograd saves, Fisher selection, calibration and inference, and one profiled step.
+
+The model comes from the demo config with the benchmark's overrides (the same builder training uses),
+so every configuration is exactly what ``crossearth-gate fit`` would train.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .config import RunConfig, load_config
+from .segmentor import Segmentor
+from .training.losses import cross_entropy
+
+LR = 3e-4  # the demo's; only the optimiser's work matters here, not where it leads
+
+# configuration -> config overrides that make it (the paper's baselines, as in configs/baselines)
+CONFIG_OVERRIDES: dict[str, list[str]] = {
+    "all-on": [],
+    "gated": [],
+    "compute-aware": [],
+    "lora": ["toolbox.types=[spatial]"],
+    "full-finetune": ["toolbox.types=[]", "model.finetune_backbone=true"],
+    "frozen": ["toolbox.types=[]"],
+}
+
+
+def bench_config(backbone: str, weights: str, img_size: int, batch_size: int, config: str = "all-on") -> RunConfig:
+    return load_config("demo", [
+        f"model.backbone={backbone}", f"model.weights={weights}", f"data.crop_size={img_size}",
+        f"data.batch_size={batch_size}", "data.num_workers=0", *CONFIG_OVERRIDES[config],
+    ])
+
+
+def build_model(cfg: RunConfig) -> Segmentor:
+    from .data import get_dataset_info
+    from .training.task import build_segmentor
+
+    return build_segmentor(cfg, len(get_dataset_info(cfg.data.source.dataset).classes))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step(model: Segmentor, optimizer: torch.optim.Optimizer, images: Tensor, masks: Tensor) -> None:
+    """One optimisation step as training runs it: forward, batch loss, backward, AdamW."""
+    cross_entropy(model(images), masks).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def optimizer_of(model: Segmentor) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+
+
+def median_step_s(model: Segmentor, images: Tensor, masks: Tensor, warmup: int, steps: int) -> float:
+    """Median wall time of ``steps`` training steps after ``warmup`` untimed ones (allocations, AdamW state)."""
+    optimizer = optimizer_of(model)
+    model.train()
+    times = []
+    for step in range(warmup + steps):
+        sync(images.device)
+        start = time.perf_counter()
+        train_step(model, optimizer, images, masks)
+        sync(images.device)
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def saved_activation_bytes(model: Segmentor, images: Tensor, masks: Tensor) -> int:
+    """Bytes of tensors autograd keeps for backward: the activation memory that early stopping saves."""
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = cross_entropy(model(images), masks)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return total
+
+
+def profile_table(model: Segmentor, images: Tensor, masks: Tensor, rows: int = 30) -> str:
+    """``torch.profiler`` of one training step, the top ``rows`` operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizer = optimizer_of(model)
+    model.train()
+    train_step(model, optimizer, images, masks)  # allocations and optimiser state outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(model, optimizer, images, masks)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return result, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def inference_s(models: dict[str, Segmentor], images: Tensor, warmup: int, steps: int) -> dict[str, float]:
+    """Median forward time of each eval-mode model on the same batch, interleaved so drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        model.eval()
+    for step in range(warmup + steps):
+        for name, model in models.items():
+            _, seconds = timed(lambda m=model: m(images), images.device)
+            if step >= warmup:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
