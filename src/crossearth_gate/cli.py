@@ -58,15 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="a run directory or trainable.safetensors")
     p.add_argument("--out", "-o", required=True, type=Path, help="output .safetensors path")
 
-    p = sub.add_parser("benchmark", help="time steps and peak memory of gated / all-on / full / frozen")
+    p = sub.add_parser("benchmark", help="step time, memory, selection and inference cost of every configuration, "
+                                          "on real selections over the demo images")
+    p.add_argument("--weights", default="auto", help="backbone weights, as model.weights (default: auto)")
     p.add_argument("--backbone", default="vit_small_patch14_dinov2")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
-    p.add_argument("--warmup-steps", type=int, default=2)
+    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before timing")
+    p.add_argument("--select-after", type=int, default=5, help="all-on training steps before the Fisher selection")
     p.add_argument("--every", type=int, default=100, help="gate re-selection interval N")
     p.add_argument("--num-samples", type=int, default=8, help="Fisher samples M")
+    p.add_argument("--step-fraction", type=float, default=0.6, help="the compute-aware gate's budget (of all-on)")
     p.add_argument("--out", type=Path, help="JSON file for the results")
+    p.add_argument("--profile", type=Path, help="text file for torch.profiler's table of one all-on training step")
 
     p = sub.add_parser("study", help="run configs x protocols x seeds (resumable); means, intervals, verdicts")
     p.add_argument("study", type=Path, help="study YAML, e.g. configs/studies/paper_claims.yaml")
