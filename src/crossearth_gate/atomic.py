@@ -18,9 +18,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artefacts are ordinary files
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 (and writers may recreate it): ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

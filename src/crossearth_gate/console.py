@@ -32,6 +32,11 @@ def domain_table(metrics: dict[str, Any]) -> Table:
 
 def print_run_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     _console.print(domain_table(metrics))
+    weights = metrics.get("backbone", {}).get("weights")
+    if isinstance(weights, dict):
+        sha = f", sha256 {weights['sha256'][:12]}…" if weights.get("sha256") else ""
+        _console.print(f"backbone weights: {weights['description']} (source: {weights['source']}{sha})",
+                       markup=False)
     params = metrics["params"]
     _console.print(
         f"trainable parameters: {params['trainable']:,} of {params['total']:,} "

@@ -140,7 +140,7 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
             "selector": run.meta("selector", "gate.selector"),
             "k": run.meta("k", "gate.k"),
             "backbone": _dig(run.metrics, "backbone.name") or _dig(run.config, "model.backbone"),
-            "weights": _dig(run.metrics, "backbone.weights"),
+            "weights": _dig(run.metrics, "backbone.weights.source") or _dig(run.metrics, "backbone.weights"),
             "trainable_params": params.get("trainable"),
             "total_params": params.get("total"),
             "mIoU": {d: run.score(d, "mIoU") for d in domains},

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from .. import console
 from ..atomic import atomic_write_json, atomic_write_text
+from ..errors import UserError
 from .aggregate import aggregate
 from .figures import write_figures
 from .markdown import study_markdown
@@ -42,7 +43,11 @@ def study_cli(args: argparse.Namespace) -> None:
         console.info(f"{len(cells)} cells, {done} finished, {len(cells) - done} to run")
         return
     if not args.report_only:
-        run_cells(cells, out)
+        chosen = args.protocols or list(study.protocols)
+        unknown = sorted(set(chosen) - set(study.protocols))
+        if unknown:
+            raise UserError(f"--protocols: {', '.join(unknown)} not in the study (it has {', '.join(study.protocols)})")
+        run_cells([cell for cell in cells if cell.protocol in chosen], out)
     command = shlex.join(["crossearth-gate", "study", str(args.study), "--out", str(out)])
     summary = write_results(study, cells, out, command)
     for claim in summary["claims"]:

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from ..artefacts import TRAINABLE_FILE, save_trainable, spec_of
 from ..atomic import atomic_write_json, atomic_write_text
+from ..backbones import BackboneInfo
 from ..config import RunConfig, config_to_dict
 from ..data import SegDataModule, get_dataset_info
 from .checkpoint_io import AtomicCheckpointIO
@@ -174,7 +175,7 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
             "active_at_end": head + sum(per_slot[s] for s in toolbox.active_slots()),
             "per_slot": per_slot,
         },
-        "backbone": {"name": model.backbone.info.name, "weights": model.backbone.info.weights},
+        "backbone": {"name": model.backbone.info.name, "weights": _weights_record(model.backbone.info)},
         "run": {
             "name": cfg.name,
             "mode": mode,
@@ -191,6 +192,13 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
                    cfg.model.head_channels, cfg.model.backbone_kwargs)
     save_trainable(run_dir / TRAINABLE_FILE, model, spec)
     return metrics
+
+
+def _weights_record(info: BackboneInfo) -> dict[str, Any]:
+    """Which source served the backbone weights, with the file's sha256."""
+    if info.weights_record is None:
+        return {"requested": info.weights, "source": None, "file": None, "sha256": None, "description": ""}
+    return info.weights_record.as_dict()
 
 
 def run_mode(cfg: RunConfig) -> str:
