@@ -101,7 +101,8 @@ def test_shipped_study_loads_and_every_cell_resolves() -> None:
         assert {f"A/{config}/seed{s}" for s in range(3)} <= keys
     assert {f"{p}/{c}/seed0" for p in "ABC" for c in ("full_finetune", "lora", "gated_gradnorm")} <= keys
     assert {f"A/fisher_k{k}/seed0" for k in (4, 18, 27)} <= keys and "B/fisher_k4/seed0" not in keys
-    assert len(cells) == 38
+    assert {f"A/fisher_budget60/seed{s}" for s in range(3)} <= keys  # the compute-aware gate (3 seeds, A only)
+    assert len(cells) == 41
     for cell in cells:
         cfg = load_config(cell.config_path, list(cell.overrides))
         assert cfg.model.weights == "auto" and cfg.train.seed == cell.seed

@@ -1,4 +1,8 @@
-"""``crossearth-gate study`` end to end: a tiny study (2 configs × 1 protocol × 2 seeds) of real fit runs."""
+"""``crossearth-gate study`` end to end: a tiny study (2 configs × 1 protocol × 2 seeds) of real fit runs.
+
+Slow (minutes: every cell is a fresh ``fit`` process); the runner's resume and the statistics are covered in
+seconds by test_study.py and test_study_stats.py.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import yaml
 
 from crossearth_gate.cli import main
 from test_cli_e2e import TINY
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
