@@ -240,3 +240,21 @@ def test_changed_study_does_not_reuse_a_run_made_with_other_settings(
     changed = one_protocol_study(seeds=1, overrides=["train.max_steps=3"])
     with pytest.raises(UserError, match="made with other settings"):
         run_cells(changed.cells(), tmp_path)
+
+
+def test_protocols_and_configs_restrict_what_runs_now(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--protocols``/``--configs`` run a subset; the report still lists every cell (the rest as missing)."""
+    from crossearth_gate.cli import main
+
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(study_dict(seeds=2)))
+    fake = FakeFit()
+    monkeypatch.setattr(subprocess, "call", fake)
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out), "--protocols", "A", "--configs", "gated"]) == 0
+    assert fake.calls == ["A/gated/seed0", "A/gated/seed1"]
+    results = json.loads((out / "results.json").read_text())
+    status = {(c["protocol"], c["config"], c["seed"]): c["status"] for c in results["cells"]}
+    assert status[("A", "gated", 1)] == "done" and status[("A", "ref", 0)] != "done"
+    assert status[("B", "gated", 7)] != "done"
+    assert main(["study", str(path), "--out", str(out), "--configs", "nope"]) == 2

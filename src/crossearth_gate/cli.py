@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, type=Path, help="study folder (runs/, results.json, study.md)")
     p.add_argument("--protocols", nargs="+", metavar="P",
                    help="run only these protocols' cells now (the report covers every cell of the study)")
+    p.add_argument("--configs", nargs="+", metavar="C",
+                   help="run only these configs' cells now (the report covers every cell of the study)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their commands; run nothing")
     p.add_argument("--report-only", action="store_true", help="re-aggregate the finished cells; run nothing")
     return parser

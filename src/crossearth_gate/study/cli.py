@@ -31,6 +31,14 @@ def write_results(study: Study, cells: list[Cell], out: Path, command: str) -> d
     return summary
 
 
+def _chosen(option: str, names: list[str] | None, known: list[str]) -> list[str]:
+    """The names an option restricts the run to (all when not given); unknown names are an error."""
+    unknown = sorted(set(names or []) - set(known))
+    if unknown:
+        raise UserError(f"{option}: {', '.join(unknown)} not in the study (it has {', '.join(known)})")
+    return names or known
+
+
 def study_cli(args: argparse.Namespace) -> None:
     study = load_study(args.study)
     out: Path = args.out
@@ -43,11 +51,9 @@ def study_cli(args: argparse.Namespace) -> None:
         console.info(f"{len(cells)} cells, {done} finished, {len(cells) - done} to run")
         return
     if not args.report_only:
-        chosen = args.protocols or list(study.protocols)
-        unknown = sorted(set(chosen) - set(study.protocols))
-        if unknown:
-            raise UserError(f"--protocols: {', '.join(unknown)} not in the study (it has {', '.join(study.protocols)})")
-        run_cells([cell for cell in cells if cell.protocol in chosen], out)
+        protocols = _chosen("--protocols", args.protocols, list(study.protocols))
+        configs = _chosen("--configs", args.configs, list(study.configs))
+        run_cells([cell for cell in cells if cell.protocol in protocols and cell.config in configs], out)
     command = shlex.join(["crossearth-gate", "study", str(args.study), "--out", str(out)])
     summary = write_results(study, cells, out, command)
     for claim in summary["claims"]:
