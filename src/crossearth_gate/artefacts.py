@@ -61,7 +61,7 @@ class ModelSpec:
         backbone = build_seeded_backbone(
             self.backbone, source, self.img_size, self.out_indices, self.backbone_seed, self.backbone_kwargs
         )
-        served = backbone.info.weights_record.sha256 if backbone.info.weights_record else None
+        served = backbone.info.weights_sha256
         if weights is None and self.backbone_sha256 and served and served != self.backbone_sha256:
             raise UserError(
                 f"backbone weights {source!r} resolved to a file (sha256 {served[:12]}…) other than the one this "
@@ -99,7 +99,7 @@ def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: 
         finetune_backbone=model.backbone.finetune, toolbox=tb, active=model.toolbox.active_slots(),
         classes=list(classes), palette=[list(c) for c in palette], mean=list(info.mean), std=list(info.std),
         backbone_kwargs=dict(backbone_kwargs or {}),
-        backbone_sha256=info.weights_record.sha256 if info.weights_record else None,
+        backbone_sha256=info.weights_sha256,
     )
 
 

@@ -33,6 +33,11 @@ class BackboneInfo:
     std: tuple[float, float, float]
     weights_record: WeightsRecord | None = None  # what served ``weights`` (source, file, sha256)
 
+    @property
+    def weights_sha256(self) -> str | None:
+        """The sha256 of the weights file that served (None: random init, or nothing recorded)."""
+        return self.weights_record.sha256 if self.weights_record else None
+
 
 def default_out_indices(depth: int) -> list[int]:
     """Four evenly spaced depths ending at the last block (0-based), e.g. [2, 5, 8, 11] for 12 blocks."""
