@@ -258,3 +258,26 @@ def test_protocols_and_configs_restrict_what_runs_now(tmp_path: Path, monkeypatc
     assert status[("A", "gated", 1)] == "done" and status[("A", "ref", 0)] != "done"
     assert status[("B", "gated", 7)] != "done"
     assert main(["study", str(path), "--out", str(out), "--configs", "nope"]) == 2
+
+
+def test_learning_curves_come_from_cells_validated_often_enough(tmp_path: Path) -> None:
+    from crossearth_gate.study.figures import validation_curves, write_figures
+
+    def cell_with_log(config: str, val_steps: list[int]) -> dict:
+        run_dir = tmp_path / config
+        (run_dir / "logs").mkdir(parents=True)
+        rows = ["step,train/loss,val/mIoU"] + [f"{s},,{30 + s / 10}" for s in val_steps] + ["5,1.5,"]
+        (run_dir / "logs" / "metrics.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        return {**made_up_cell("A", config, 0, 40.0), "run_dir": str(run_dir)}
+
+    long_run = cell_with_log("long", [25, 50, 75, 100])
+    cells = [long_run, cell_with_log("short", [50, 100]), {**made_up_cell("A", "failed", 0, None, "failed"),
+                                                          "run_dir": str(tmp_path / "missing")}]
+    curves = validation_curves("A", cells)
+    assert list(curves) == ["long seed 0"]
+    steps, values = curves["long seed 0"]
+    assert steps.tolist() == [25, 50, 75, 100] and values.tolist() == [32.5, 35.0, 37.5, 40.0]
+    assert validation_curves("B", cells) == {}
+    summary = aggregate(cells, parse_study(study_dict(), tmp_path / "s.yaml"))
+    figures = write_figures(summary, cells, tmp_path / "out")
+    assert (tmp_path / "out" / "figures" / "learning_curves_A.png") in figures["A"]

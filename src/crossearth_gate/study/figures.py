@@ -9,8 +9,10 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ..atomic import atomic_write
-from ..plots import DPI, plot_gate_maps
+from ..plots import DPI, plot_gate_maps, read_log_series
 from .records import DONE
+
+MIN_CURVE_POINTS = 4  # a cell validated this often is a learning-curve run (the study's default gives 2)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -89,6 +91,33 @@ def gate_histories(protocol: str, cells: list[dict[str, Any]]) -> dict[str, dict
             if g["selections"]}
 
 
+def validation_curves(protocol: str, cells: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+    """(steps, source-val mIoU) of every finished cell of ``protocol`` validated at least MIN_CURVE_POINTS times."""
+    curves = {}
+    for c in cells:
+        log = Path(c["run_dir"]) / "logs" / "metrics.csv"
+        if c["protocol"] != protocol or c["status"] != DONE or not log.is_file():
+            continue
+        steps, values = read_log_series(log, "val/mIoU")
+        if len(values) >= MIN_CURVE_POINTS:
+            curves[f"{c['config']} seed {c['seed']}"] = (steps, values)
+    return curves
+
+
+def plot_learning_curves(protocol: str, curves: dict[str, tuple[Any, Any]], path: Path) -> Path:
+    """Held-out source mIoU against the optimisation step: how far from convergence the study's step count is."""
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for name, (steps, values) in curves.items():
+        ax.plot(steps, values, marker="o", markersize=3, linewidth=1.4, label=name)
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("held-out source mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Protocol {protocol}: learning curves")
+    return _save(fig, path)
+
+
 def write_figures(summary: dict[str, Any], cells: list[dict[str, Any]], out: Path) -> dict[str, list[Path]]:
     """Every figure of every protocol, under ``out/figures``; keyed by protocol for study.md."""
     figures: dict[str, list[Path]] = {}
@@ -100,5 +129,8 @@ def write_figures(summary: dict[str, Any], cells: list[dict[str, Any]], out: Pat
         if gates:
             paths.append(plot_gate_maps(gates, out / "figures" / f"gate_maps_{protocol}.png",
                                         f"Protocol {protocol}: how often each slot was active (seeds pooled)"))
+        curves = validation_curves(protocol, cells)
+        if curves:
+            paths.append(plot_learning_curves(protocol, curves, out / "figures" / f"learning_curves_{protocol}.png"))
         figures[protocol] = paths
     return figures
