@@ -102,7 +102,8 @@ def test_shipped_study_loads_and_every_cell_resolves() -> None:
     assert {f"{p}/{c}/seed0" for p in "ABC" for c in ("full_finetune", "lora", "gated_gradnorm")} <= keys
     assert {f"A/fisher_k{k}/seed0" for k in (4, 18, 27)} <= keys and "B/fisher_k4/seed0" not in keys
     assert {f"A/fisher_budget60/seed{s}" for s in range(3)} <= keys  # the compute-aware gate (3 seeds, A only)
-    assert len(cells) == 41
+    assert {f"A/fisher_warmup50/seed{s}" for s in range(3)} <= keys  # the targeted runs (A only)
+    assert len(cells) == 52
     for cell in cells:
         cfg = load_config(cell.config_path, list(cell.overrides))
         assert cfg.model.weights == "auto" and cfg.train.seed == cell.seed
@@ -114,6 +115,11 @@ def test_shipped_study_loads_and_every_cell_resolves() -> None:
             assert [t.tiles[0] for t in cfg.data.targets.values()] == targets
     ks = {c.config: load_config(c.config_path, list(c.overrides)).gate.k for c in cells if c.protocol == "A"}
     assert (ks["fisher_k4"], ks["fisher_k18"], ks["fisher_k27"], ks["gated_fisher"]) == (4, 18, 27, 0.25)
+    a = {c.config: load_config(c.config_path, list(c.overrides)) for c in cells if c.protocol == "A"}
+    gates = (a["fisher_warmup50"].gate.warmup, a["fisher_every25"].gate.every, a["fisher_once"].gate.every)
+    assert gates == (50, 25, 100)
+    assert (a["fisher_lr1e-3"].train.lr, a["all_on_lr1e-4"].train.lr, a["gated_fisher"].train.lr) == (1e-3, 1e-4, 3e-4)
+    assert a["fisher_400"].train.max_steps == a["all_on_400"].train.max_steps == 400
 
 
 # ----------------------------------------------------------------------------- aggregation
