@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from crossearth_gate.data.layouts import casid_folders, rescuenet_folders
 from crossearth_gate.errors import UserError
 
 IGNORE_INDEX = 255
@@ -25,6 +26,12 @@ DUBAI_PALETTE: tuple[RGB, ...] = (
     (0x84, 0x29, 0xF6), (0xE2, 0xA9, 0x29), (0x3C, 0x10, 0x98), (0xFE, 0xDD, 0x3A), (0x6E, 0xC1, 0xE4),
 )
 DUBAI_IGNORED: tuple[RGB, ...] = ((0x9B, 0x9B, 0x9B), (0, 0, 0))  # unlabeled, black border
+# The CrossEarth benchmark releases (README: "Datasets of the paper's benchmarks" has every class map).
+CASID_CLASSES = ("background", "building", "forest", "road", "water")
+CASID_PALETTE: tuple[RGB, ...] = ((0, 0, 0), (255, 255, 0), (85, 255, 0), (255, 0, 0), (0, 112, 255))
+# RescueNet and Potsdam relabelled to the classes they share (low vegetation + tree = vegetation).
+RESCUE_CLASSES = ("impervious_surface", "building", "vegetation", "car", "clutter")
+RESCUE_PALETTE: tuple[RGB, ...] = ((255, 255, 255), (0, 0, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,7 @@ class DatasetInfo:
     name: str
     classes: tuple[str, ...]
     palette: tuple[RGB, ...]
-    layout: Literal["mmseg", "dubai"]
+    layout: Literal["mmseg", "dubai", "casid", "rescuenet"]
     reduce_zero_label: bool
     label_format: Literal["index", "colour"]
     colour_to_label: dict[RGB, int] = field(default_factory=dict, hash=False)
@@ -54,6 +61,10 @@ def _loveda(name: str) -> DatasetInfo:
     return DatasetInfo(name, LOVEDA_CLASSES, LOVEDA_PALETTE, "mmseg", True, "index")
 
 
+def _potsdam_rescue(name: str) -> DatasetInfo:
+    return DatasetInfo(name, RESCUE_CLASSES, RESCUE_PALETTE, "mmseg", True, "index")
+
+
 _DUBAI_COLOURS = {c: i for i, c in enumerate(DUBAI_PALETTE)} | {c: IGNORE_INDEX for c in DUBAI_IGNORED}
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -65,6 +76,12 @@ DATASETS: dict[str, DatasetInfo] = {
     "dubai": DatasetInfo(
         "dubai", DUBAI_CLASSES, DUBAI_PALETTE, "dubai", False, "colour", _DUBAI_COLOURS, ".jpg", ".png"
     ),
+    "casid": DatasetInfo("casid", CASID_CLASSES, CASID_PALETTE, "casid", False, "index", {}, ".png", "-label.png"),
+    "rescuenet": DatasetInfo(
+        "rescuenet", RESCUE_CLASSES, RESCUE_PALETTE, "rescuenet", True, "index", {}, ".jpg", "_lab.png"
+    ),
+    "potsdam_rescue": _potsdam_rescue("potsdam_rescue"),
+    "potsdam_rescue_irrg": _potsdam_rescue("potsdam_rescue_irrg"),
 }
 
 
@@ -83,12 +100,13 @@ def demo_data_root() -> Path:
 
 @dataclass
 class DomainSpec:
-    """One domain as a config gives it: `split` is for the mmseg layout, `tiles` for dubai (None = all)."""
+    """One domain as a config gives it: `split` for folder layouts, `tiles` for dubai (None = all), `domain` (CASID)."""
 
     dataset: str
     root: str
     split: str | None = None
     tiles: list[int] | None = None
+    domain: str | None = None
 
     @property
     def info(self) -> DatasetInfo:
@@ -102,9 +120,15 @@ def list_pairs(spec: DomainSpec, labelled: bool = True) -> list[Pair]:
     """Find (image, mask) pairs sorted by image path; masks are None when `labelled` is False."""
     info = spec.info
     root = Path(spec.root)
-    if info.layout == "mmseg":
-        if spec.tiles is not None:
-            raise UserError(f"dataset {info.name!r} is not tiled: remove `tiles` for {root}")
+    if spec.domain is not None and info.layout != "casid":
+        raise UserError(f"dataset {info.name!r} has no domains: remove `domain` for {root}")
+    if spec.tiles is not None and info.layout != "dubai":
+        raise UserError(f"dataset {info.name!r} is not tiled: remove `tiles` for {root}")
+    if info.layout == "casid":
+        folders = casid_folders(root, spec.split, spec.domain)
+    elif info.layout == "rescuenet":
+        folders = rescuenet_folders(root, spec.split)
+    elif info.layout == "mmseg":
         split = spec.split or ""
         folders = [(root / "img_dir" / split, root / "ann_dir" / split)]
     else:
