@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path, help="run directories")
     p.add_argument("--out", "-o", required=True, type=Path)
 
+    p = sub.add_parser("table", help="our runs in the paper's tables, with the paper's numbers beside them")
+    p.add_argument("runs", nargs="+", type=Path, help="run directories (any of the 18 benchmark settings)")
+    p.add_argument("--out", "-o", type=Path, help="also write the markdown table to this file")
+
     p = sub.add_parser("export", help="export adapters + head as one safetensors file with a JSON sidecar")
     p.add_argument("model", type=Path, help="a run directory or trainable.safetensors")
     p.add_argument("--out", "-o", required=True, type=Path, help="output .safetensors path")
@@ -146,6 +150,12 @@ def run(args: argparse.Namespace) -> int:
 
         path = write_report(args.runs, args.out)
         console.info(f"report written to {path}")
+    elif args.command == "table":
+        from .table import table_cli
+
+        print(table_cli(args.runs, args.out), end="")
+        if args.out is not None:
+            console.info(f"table written to {args.out}")
     elif args.command == "export":
         from .artefacts import export_model, model_file
 
