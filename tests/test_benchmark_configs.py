@@ -18,7 +18,7 @@ CONFIGS = sorted(p for p in BENCHMARKS.glob("*.yaml") if not p.name.startswith("
 CASID_PAIRS = [f"casid_{s}2{t}" for s in ("sub", "tem", "tms", "trf") for t in ("sub", "tem", "tms", "trf") if s != t]
 SETTINGS = CASID_PAIRS + ["potsdam_rgb2rescuenet", "potsdam_irrg2rescuenet", "p2v", "v2p", "r2u", "u2r"]
 
-# ViT-L with Mask2Former at 512 shrunk to a width-32, depth-4 ViT and 56-pixel crops: the configs' data,
+# ViT-L with Mask2Former at 518 shrunk to a width-32, depth-4 ViT and 56-pixel crops: the configs' data,
 # classes and gate are what is tested here, not the model's size.
 TINY = [
     "model.weights=none",
@@ -55,8 +55,9 @@ def test_config_has_the_papers_model(path: Path, monkeypatch: pytest.MonkeyPatch
     cfg = load_config(str(path))
     assert cfg.model.backbone == "vit_large_patch14_dinov2" and cfg.model.head == "mask2former"
     assert cfg.gate.enabled and cfg.gate.selector == "fisher" and cfg.gate.k == 18
-    assert cfg.data.crop_size == 512 and set(cfg.toolbox.types) == {"spatial", "semantic", "frequency"}
+    assert cfg.data.crop_size == 518 and set(cfg.toolbox.types) == {"spatial", "semantic", "frequency"}
     assert cfg.data.source.root.startswith("/data/")
+    assert cfg.data.crop_size % 14 == 0 and cfg.eval.window % 14 == 0, "ViT/14 takes whole patches only"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
