@@ -1,12 +1,14 @@
-"""The segmentor: frozen backbone + switchable toolbox + trainable head, logits at the input size."""
+"""The segmentor: frozen backbone + switchable toolbox + trainable head, class scores at the input size."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import FrozenViT
-from .heads import build_head
+from .heads import build_head, has_own_loss
 from .toolbox.slots import Toolbox, ToolboxConfig, check_attention_supported
 
 
@@ -21,6 +23,7 @@ class Segmentor(nn.Module):
         head: str = "fpn",
         head_channels: int = 128,
         finetune_backbone: bool = False,
+        head_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
         info = backbone.info
@@ -28,13 +31,24 @@ class Segmentor(nn.Module):
         if "spatial" in toolbox.types:
             check_attention_supported(backbone.vit.blocks[0])
         self.toolbox = Toolbox(info.embed_dim, info.depth, toolbox)
-        self.head = build_head(head, info.embed_dim, len(backbone.out_indices), num_classes, head_channels)
+        self.head_kwargs = dict(head_kwargs or {})
+        self.head = build_head(head, info.embed_dim, len(backbone.out_indices), num_classes, head_channels,
+                               self.head_kwargs)
         self.num_classes = num_classes
         backbone.set_finetune(finetune_backbone)
 
     def forward(self, images: Tensor) -> Tensor:
-        logits = self.head(self.backbone(images, self.toolbox))
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        """Class scores (B, C, H, W) at the input size: their argmax is the prediction, windows blend them."""
+        return self.scores(self.head_outputs(images), images.shape[-2:])
+
+    def head_outputs(self, images: Tensor) -> Any:
+        """The head's raw outputs: logits at stride p/4 (FPN), per-query classes and masks (Mask2Former)."""
+        return self.head(self.backbone(images, self.toolbox))
+
+    def scores(self, outputs: Any, size: tuple[int, int]) -> Tensor:
+        if has_own_loss(self.head):
+            return self.head.semantic(outputs, size)
+        return F.interpolate(outputs, size=size, mode="bilinear", align_corners=False)
 
     def trainable_state(self) -> dict[str, Tensor]:
         """Weights worth saving: head + toolbox (+ backbone only when it was fine-tuned)."""
@@ -43,3 +57,14 @@ class Segmentor(nn.Module):
         if self.backbone.finetune:
             state.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
         return state
+
+
+class HeadOutputs(nn.Module):
+    """The segmentor as a head's own loss sees it (images → raw head outputs), e.g. for the Fisher gate."""
+
+    def __init__(self, segmentor: Segmentor):
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, images: Tensor) -> Any:
+        return self.segmentor.head_outputs(images)

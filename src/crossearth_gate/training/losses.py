@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from ..heads import has_own_loss
+from ..segmentor import HeadOutputs, Segmentor
 
 IGNORE_INDEX = 255
 
@@ -21,3 +27,18 @@ def per_sample_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """Batch loss: mean over all valid pixels of the batch (mmseg's default)."""
     return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+
+
+def segmentation_loss(model: Segmentor, outputs: Any, target: Tensor) -> Tensor:
+    """The batch loss of raw head outputs: the head's own (Mask2Former) or pixel cross-entropy on the logits."""
+    if has_own_loss(model.head):
+        return model.head.loss(outputs, target)
+    return cross_entropy(model.scores(outputs, target.shape[-2:]), target)
+
+
+def fisher_loss(model: Segmentor) -> tuple[nn.Module, Callable[[Any, Tensor], Tensor]]:
+    """The module and per-sample loss the gate scores slots with: the segmentor and pixel cross-entropy, or,
+    for a head with its own loss, the raw head outputs and that head's loss of one image."""
+    if has_own_loss(model.head):
+        return HeadOutputs(model), model.head.per_sample_loss
+    return model, per_sample_cross_entropy
