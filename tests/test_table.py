@@ -123,10 +123,13 @@ def test_every_setting_has_a_config_and_every_mean_its_settings() -> None:
 def test_out_never_overwrites_an_input(runs: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
     metrics = runs[0] / "metrics.json"
     before = metrics.read_text()
-    for out in (metrics, runs[0] / "config.yaml", runs[0]):
+    for out in (metrics, runs[0] / "config.yaml"):
         assert main(["table", *map(str, runs), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "would overwrite an input" in err[0]
+    assert main(["table", *map(str, runs), "--out", str(runs[0])]) == 2  # a folder, and a run's own
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(runs[0]) in err[0]
     assert metrics.read_text() == before
 
 
