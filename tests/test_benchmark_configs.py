@@ -75,6 +75,21 @@ def test_config_trains_two_steps_on_fixtures(path: Path, data_root: Path, tmp_pa
     assert recorded["source"]["domain"] == cfg.data.source.domain, "the table keys runs on the recorded data"
 
 
+def test_a_config_trains_with_its_own_head(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configs' Mask2Former (shrunk: 6 queries, 3 decoder layers) trains and tests from a benchmark config."""
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("CEG_DATA", str(data_root))
+    tiny_m2f = ("model.head_kwargs={num_queries: 6, decoder_layers: 3, encoder_layers: 1, num_attention_heads: 2, "
+                "dim_feedforward: 32, encoder_feedforward_dim: 32, train_num_points: 256}")
+    overrides = [o for o in TINY if not o.startswith(("model.head=", "model.head_channels="))]
+    out = tmp_path / "run"
+    config = str(BENCHMARKS / "potsdam_rgb2rescuenet.yaml")
+    assert main(["fit", "--config", config, "--out", str(out), *overrides, "model.head_channels=32", tiny_m2f]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["head"] == "mask2former"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["domains"]["rescuenet"]["mIoU"] <= 100.0
+
+
 def test_a_config_on_a_wrong_tree_fails_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "CASID" / "all_train" / "image").mkdir(parents=True)  # one domain unzipped without its folder
