@@ -7,6 +7,7 @@ backbones, from a recorded seed), so an artefact is a few MB even for ViT-L.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class ModelSpec:
     std: list[float]
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     backbone_sha256: str | None = None  # of the weights file trained on (None: random init or unknown)
+    head_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. Mask2Former's num_queries
 
     def build(self, weights: str | None = None) -> Segmentor:
         """A fresh segmentor with this spec (backbone weights from ``weights`` or the recorded source).
@@ -69,7 +71,7 @@ class ModelSpec:
             )
         toolbox = ToolboxConfig(**{**self.toolbox, "types": tuple(self.toolbox["types"])})
         model = Segmentor(backbone, len(self.classes), toolbox, self.head, self.head_channels,
-                          self.finetune_backbone)
+                          self.finetune_backbone, self.head_kwargs)
         model.toolbox.set_active(self.active)
         return model
 
@@ -100,12 +102,25 @@ def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: 
         classes=list(classes), palette=[list(c) for c in palette], mean=list(info.mean), std=list(info.std),
         backbone_kwargs=dict(backbone_kwargs or {}),
         backbone_sha256=info.weights_sha256,
+        head_kwargs=dict(model.head_kwargs),
     )
 
 
-def save_trainable(path: Path, model: Segmentor, spec: ModelSpec) -> Path:
-    """Write the trainable weights + spec (as safetensors metadata) atomically; optionally a JSON sidecar."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state().items()}
+def _slot_of(key: str) -> str | None:
+    """``toolbox.slots.spatial.3.b_q`` → ``spatial.3``; None for keys outside the toolbox."""
+    parts = key.split(".")
+    return f"{parts[2]}.{parts[3]}" if parts[0] == "toolbox" and parts[1] == "slots" else None
+
+
+def save_trainable(path: Path, model: Segmentor, spec: ModelSpec, slots: Iterable[str] | None = None) -> Path:
+    """Write the trainable weights + spec (as safetensors metadata) atomically.
+
+    ``slots``: the slots that were ever trained (None: all); the others still hold their initial
+    weights and are left out.
+    """
+    keep = None if slots is None else set(slots)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state().items()
+             if keep is None or _slot_of(k) in (None, *keep)}
     metadata = {"format": FORMAT, "spec": json.dumps(asdict(spec))}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
@@ -137,7 +152,8 @@ def load_trainable(path: Path, weights: str | None = None) -> tuple[Segmentor, M
     model = spec.build(weights)
     state = load_file(str(path))
     expected = model.trainable_state()
-    missing = sorted(set(expected) - set(state))
+    untrained = {k for k in expected if (slot := _slot_of(k)) is not None and slot not in spec.active}
+    missing = sorted(set(expected) - set(state) - untrained)  # slots never trained are not saved
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise UserError(
@@ -153,9 +169,43 @@ def load_trainable(path: Path, weights: str | None = None) -> tuple[Segmentor, M
 
 
 def export_model(model_path: Path, out: Path) -> tuple[Path, Path]:
-    """One safetensors file with its spec as a JSON sidecar (backbone, slots, active set, classes, ...)."""
+    """One safetensors file with its spec as a JSON sidecar (backbone, slots, active set, classes, ...).
+
+    The sidecar is written before the weights are renamed into place, so a failed write replaces neither.
+    """
+    sidecar = _export_targets(model_path, out)
     spec = read_spec(model_path)
     state = load_file(str(model_path))
-    atomic_write(out, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT, "spec": json.dumps(asdict(spec))}))
-    sidecar = atomic_write_json(out.with_suffix(".json"), asdict(spec))
+
+    def write(tmp: str) -> None:
+        save_file(state, tmp, metadata={"format": FORMAT, "spec": json.dumps(asdict(spec))})
+        atomic_write_json(sidecar, asdict(spec))
+
+    atomic_write(out, write)
     return out, sidecar
+
+
+def _export_targets(model_path: Path, out: Path) -> Path:
+    """The sidecar path; refuses an ``out`` that is the input or would replace anything but an earlier export."""
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: must end in .safetensors (the JSON sidecar goes beside it)")
+    sidecar = out.with_suffix(".json")
+    if out.resolve() == model_path.resolve():
+        raise UserError(f"--out {out} is the input model file: export to another path")
+    existing = [path for path in (out, sidecar) if path.exists()]
+    if existing and not _is_export(out, sidecar):
+        raise UserError(f"--out {out} would overwrite {existing[0]}, which is not an earlier export: "
+                        "choose another path or remove it")
+    return sidecar
+
+
+def _is_export(weights: Path, sidecar: Path) -> bool:
+    """Both files exist and hold the same spec: the pair an earlier export wrote (a run's files never are)."""
+    if not (weights.is_file() and sidecar.is_file()):
+        return False
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return metadata.get("format") == FORMAT and json.loads(metadata["spec"]) == json.loads(sidecar.read_text())
+    except (SafetensorError, OSError, ValueError, KeyError):
+        return False

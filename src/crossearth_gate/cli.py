@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .atomic import write_failure
+from .errors import UserError, WriteError
 
 
 def yaml_mapping(text: str) -> dict[str, Any]:
@@ -119,12 +120,31 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
+OUT_FILES = {"export": ("out",), "weights": ("out",), "benchmark": ("out", "profile"), "table": ("out",)}
+"""Subcommands whose --out (and --profile) name files; every other --out is a folder."""
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output under a regular file or in an unwritable place now, before any work."""
+    from .outputs import check_out_file, check_out_folder
+
+    files = OUT_FILES.get(args.command)
+    if files is None and getattr(args, "out", None) is not None:
+        check_out_folder(args.out)
+    for name in files or ():
+        if getattr(args, name) is not None:
+            check_out_file(getattr(args, name), f"--{name}")
+
+
 def run(args: argparse.Namespace) -> int:
     from . import console
 
+    check_outputs(args)
     if args.command in ("fit", "demo"):
         from .config import load_config
+        from .outputs import check_out_folder
         from .training.run import fit
+        from .validation import check_runtime
 
         if args.command == "demo":
             cfg = load_config("demo", [f"model.weights={args.weights}", *args.overrides])
@@ -132,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             cfg = load_config(args.config, args.overrides)
             out = args.out or Path("runs") / cfg.name
+            check_out_folder(out)
+        check_runtime(cfg)
         metrics = fit(cfg, out, resume=not args.no_resume)
         if metrics is not None:
             console.print_run_summary(metrics, out)
@@ -172,14 +194,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(err: UserError) -> str:
+    """The error's own message; a DataLoader worker's error arrives with the worker's traceback around it."""
+    text = str(err)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].partition(": ")[2]
+    return text
+
+
 def main(argv: list[str] | None = None) -> Any:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
         return run(args)
     except UserError as err:
-        print(f"crossearth-gate: error: {err}", file=sys.stderr)
+        print(f"crossearth-gate: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except WriteError as err:
+        print(f"crossearth-gate: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        reason = write_failure(err)  # e.g. a logger's own file write on a full disk
+        if reason is None:
+            raise
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"crossearth-gate: error: cannot write {where}{reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("crossearth-gate: interrupted", file=sys.stderr)
         return 130

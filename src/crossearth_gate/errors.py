@@ -3,3 +3,10 @@
 
 class UserError(Exception):
     """A problem with the user's input (files, config, data), not a bug in the engine."""
+
+
+class WriteError(Exception):
+    """A file could not be written (full disk, I/O error, refused by the file system); nothing was replaced.
+
+    Not the user's input at fault, so the CLI exits 1 rather than 2, still with one line.
+    """

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,13 +17,15 @@ from PIL import Image
 from rich.progress import Progress
 
 from ..atomic import atomic_write
-from ..errors import UserError
+from ..errors import UserError, WriteError
 from ..inference import Tile, Window, iter_tiles
 from ..plots import overlay
 from .images import write_png
 from .inputs import Job, resolve_bands
 from .model import Advance, Predictor
-from .radiometry import NODATA, Stretch, _overview_shape, _read, nodata_pixels, scene_stretch, to_rgb
+from .radiometry import NODATA, STATS_SIDE, Stretch, _overview_shape, _read, nodata_pixels, scene_stretch, to_rgb
+
+log = logging.getLogger(__name__)
 
 OVERLAY_SIDE = 2048
 BLOCK = 256
@@ -31,7 +36,11 @@ def check_geotiffs(jobs: list[Job], bands: list[int] | None) -> None:
     for job in jobs:
         if job.is_geotiff:
             with _raster_errors(job.source), rasterio.open(job.source) as src:
-                resolve_bands(bands, src.count, job.source)
+                used = resolve_bands(bands, src.count, job.source)
+                _, valid = _read(src, used, out_shape=(len(used), *_overview_shape(src.height, src.width, STATS_SIDE)))
+                if not valid.any():
+                    log.warning("%s: every pixel of bands %s is nodata: the prediction will be all nodata (%d)",
+                                job.source, ",".join(map(str, used)), NODATA)
 
 
 def _rio_window(window: Window) -> rasterio.windows.Window:
@@ -89,15 +98,51 @@ def predict_geotiff(predictor: Predictor, job: Job, bands_arg: list[int] | None,
         def advance(n: int) -> None:
             progress.advance(task, n)
 
-        def write(tmp: str) -> None:
-            with rasterio.open(tmp, "w", **_output_profile(src)) as dst:
-                for tile in tiles:
-                    core = _predict_tile(predictor, src, bands, tile, stretch, advance)
-                    dst.write(core, 1, window=_rio_window(tile.write))
-                dst.write_colormap(1, _colormap(predictor.spec.palette))
+        out = job.output("pred", ".tif")
 
-        path = atomic_write(job.output("pred", ".tif"), write)
+        def write(tmp: str) -> None:
+            with _write_errors(out):
+                dst = rasterio.open(tmp, "w", **_output_profile(src))
+            with dst:
+                for tile in tiles:
+                    core = _predict_tile(predictor, src, bands, tile, stretch, advance)  # read errors: the input's
+                    with _write_errors(out):
+                        dst.write(core, 1, window=_rio_window(tile.write))
+                with _write_errors(out):
+                    dst.write_colormap(1, _colormap(predictor.spec.palette))
+                    dst.close()
+
+        path = atomic_write(out, write, verify=lambda tmp: _verify_raster(tmp, out))
     return path, stretch, bands
+
+
+@contextmanager
+def _write_errors(out: Path) -> Iterator[None]:
+    """GDAL's write errors (full disk, I/O) as one WriteError naming the output, not as a read error of the
+    input; libtiff's own lines about the same failure (printed straight to fd 2) are dropped."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    except rasterio.errors.RasterioError as err:
+        raise WriteError(f"cannot write {out}: GDAL: {' '.join(str(err).split())}; nothing was replaced") from None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _verify_raster(tmp: str, out: Path) -> None:
+    """Read every block back: GDAL reports some failed writes (e.g. when flushing at close) only as a log line."""
+    try:
+        with _write_errors(out), rasterio.open(tmp) as written:
+            for _, window in written.block_windows(1):
+                written.read(1, window=window)
+    except WriteError:
+        raise WriteError(f"cannot write {out}: the written file does not read back as a GeoTIFF (full disk or "
+                         "I/O error); nothing was replaced") from None
 
 
 def geotiff_overlay(job: Job, prediction: Path, bands: list[int], stretch: Stretch | None,

@@ -43,6 +43,9 @@ def collect_jobs(inputs: list[Path], out: Path) -> list[Job]:
     """Expand folders, refuse missing or unsupported inputs and inputs whose outputs would collide."""
     jobs: list[Job] = []
     for path in inputs:
+        if path.is_dir() and path.resolve() == out.resolve():
+            raise UserError(f"--out {out} is the input folder {path}: predictions would mix with the images; "
+                            "give another output folder")
         if path.is_dir():
             jobs.extend(_folder_jobs(path, out))
         elif not path.exists():
@@ -57,7 +60,17 @@ def collect_jobs(inputs: list[Path], out: Path) -> list[Job]:
         if key in seen:
             raise UserError(f"{seen[key]} and {job.source} would write the same output {key}_pred.*")
         seen[key] = job.source
+    _refuse_overwriting_inputs(jobs)
     return jobs
+
+
+def _refuse_overwriting_inputs(jobs: list[Job]) -> None:
+    """No prediction or overlay may land on an input (``a.png`` and ``a_pred.png`` predicted into their folder)."""
+    sources = {job.source.resolve(): job.source for job in jobs}
+    for job in jobs:
+        for output in (job.output("pred", ".png"), job.output("pred", ".tif"), job.output("overlay", ".png")):
+            if output.resolve() in sources:
+                raise UserError(f"the output of {job.source} would overwrite the input {output}: give another --out")
 
 
 def parse_bands(text: str | None) -> list[int] | None:
