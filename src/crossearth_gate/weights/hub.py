@@ -1,12 +1,12 @@
 """The Hugging Face hub as timm uses it: what is already in the local hub cache, and whether the hub answers.
 
 Nothing here may hang a machine without network: the offline switch (``HF_HUB_OFFLINE``) is honoured and
-the reachability probe is one TCP connection bounded by a short timeout (name resolution included).
+the reachability probe is one HTTP request bounded by a short timeout (name resolution included).
 """
 
 from __future__ import annotations
 
-import socket
+import http.client
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -39,19 +39,28 @@ def cached_hub_file(backbone: str) -> Path | None:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """False at once when offline mode is on; else whether one TCP connection to the hub opens in time."""
+    """False at once when offline mode is on; else whether the hub answers one HTTP request in time.
+
+    A bare TCP connect is not enough: a proxy or firewall that accepts connections and never answers
+    would send timm into minutes of retried downloads (one warning per retry) before the same failure.
+    """
     if constants.HF_HUB_OFFLINE:
         return False
     url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    https = url.scheme == "https"
+    host, port = url.hostname or "huggingface.co", url.port or (443 if https else 80)
     result: list[bool] = []
 
     def probe() -> None:
+        connection = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(host, port, timeout=timeout)
         try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
+            connection.request("HEAD", "/")
+            connection.getresponse()
+            result.append(True)
+        except (OSError, http.client.HTTPException):
             result.append(False)
+        finally:
+            connection.close()
 
     thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo ignores socket timeouts
     thread.start()
