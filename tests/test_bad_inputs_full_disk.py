@@ -46,7 +46,7 @@ def no_temporary_files(folder: Path) -> None:
     assert not list(folder.rglob("*.tmp")), "a failed write leaves no temporary file behind"
 
 
-@pytest.mark.parametrize("kind", ["png", "geotiff"])
+@pytest.mark.parametrize("kind", [pytest.param("png", marks=pytest.mark.slow), "geotiff"])
 def test_full_disk_during_predict_keeps_the_earlier_prediction(kind: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
     tiny_model(run)
