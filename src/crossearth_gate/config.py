@@ -15,10 +15,12 @@ from typing import Any
 
 import yaml
 
+from .adaptation.settings import AdaptationConfig
 from .data.catalog import DomainSpec
 from .errors import UserError
 from .gating.budget import Budget
 from .toolbox.slots import ToolboxConfig
+from .validation import check_values
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_DATA = PACKAGE_DIR / "demo_data"
@@ -46,7 +48,8 @@ class ModelConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
     out_indices: list[int] | None = None
     head: str = "fpn"
-    head_channels: int = 128
+    head_channels: int = 128  # FPN width; Mask2Former's hidden width (256 in the paper)
+    head_kwargs: dict[str, Any] = field(default_factory=dict)  # mask2former: num_queries, decoder_layers, ...
     finetune_backbone: bool = False  # the "Full fine-tuning" baseline
 
 
@@ -60,6 +63,7 @@ class GateConfig:
     num_samples: int = 8
     fisher_method: str = "loop"  # per-sample gradients: loop (one backward per image) or vmap (torch.func)
     budget: Budget = field(default_factory=Budget)  # compute-aware selection; all None: the paper's top-k
+    fisher_data: str | None = None  # source | target | both; None: target when adapting, else source
 
 
 @dataclass
@@ -78,6 +82,7 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     progress: bool = True
+    adaptation: str = "none"  # none (domain generalisation) | dacs (self-training on data.unlabelled_target)
 
 
 @dataclass
@@ -98,6 +103,7 @@ class RunConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -105,6 +111,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as err:
         raise UserError(f"{path}: config file not found") from err
+    except IsADirectoryError as err:
+        raise UserError(f"{path}: is a folder, not a YAML config file") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from err
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the config ({err.strerror or err})") from err
     except yaml.YAMLError as err:
         raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(data, dict):
@@ -123,21 +135,35 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_config_path(name_or_path: str) -> Path:
-    """A path, or the name of a packaged config (``demo`` → ``crossearth_gate/configs/demo.yaml``)."""
+    """A file, or the name of a packaged config (``demo`` → ``crossearth_gate/configs/demo.yaml``).
+
+    A bare packaged name wins over a local FOLDER of that name (``demo --out demo`` makes one).
+    """
     path = Path(name_or_path)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
+    packaged = PACKAGED_CONFIGS / f"{name_or_path}.yaml"
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
         return path
-    return PACKAGED_CONFIGS / f"{name_or_path}.yaml"
+    if path.name == name_or_path and packaged.is_file():
+        return packaged
+    if path.exists():
+        return path  # a folder: _read_yaml says so
+    return packaged
 
 
-def load_yaml_tree(path: Path) -> dict[str, Any]:
+def load_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config and merge it over its ``_base_`` (relative to the file, or a packaged name)."""
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in (*seen, resolved))
+        raise UserError(f"{path}: _base_ cycle ({chain})")
     data = _read_yaml(path)
     base = data.pop("_base_", None)
     if base is None:
         return data
-    base_path = path.parent / base if (path.parent / base).exists() else resolve_config_path(base)
-    return _merge(load_yaml_tree(base_path), data)
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{path}: _base_ must be a config file or packaged name, got {base!r}")
+    base_path = path.parent / base if (path.parent / base).is_file() else resolve_config_path(base)
+    return _merge(load_yaml_tree(base_path, (*seen, resolved)), data)
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -145,11 +171,15 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     tree = dict(tree)
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"bad override {item!r}: expected key.sub=value")
-        value = yaml.safe_load(raw) if raw else None
-        node = tree
         parts = key.split(".")
+        if not sep or not all(part.strip() == part and part for part in parts):
+            raise UserError(f"bad override {item!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as err:
+            reason = str(err).splitlines()[0]
+            raise UserError(f"bad override {item!r}: its value is not valid YAML ({reason})") from None
+        node = tree
         for part in parts[:-1]:
             child = node.get(part)
             node[part] = dict(child) if isinstance(child, dict) else {}
@@ -219,9 +249,15 @@ def build_dataclass(cls: type, data: Any, where: str = "config") -> Any:
 
 
 def load_config(name_or_path: str | None, overrides: list[str] | None = None) -> RunConfig:
-    tree = load_yaml_tree(resolve_config_path(name_or_path)) if name_or_path else {}
+    path = resolve_config_path(name_or_path) if name_or_path else None
+    if path is not None and not path.exists() and path.parent == PACKAGED_CONFIGS:
+        known = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+        raise UserError(f"config {name_or_path!r} not found: neither a file nor a packaged config ({known})")
+    tree = load_yaml_tree(path) if path is not None else {}
     tree = apply_overrides(tree, overrides or [])
-    return build_dataclass(RunConfig, tree, "config")
+    cfg = build_dataclass(RunConfig, tree, "config")
+    check_values(cfg)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> Any:

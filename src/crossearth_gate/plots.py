@@ -307,3 +307,24 @@ def overlay(
     keep = mask != ignore_index
     out[keep] = np.clip(np.rint(blend[keep]), 0, 255).astype(np.uint8)
     return out
+
+
+# ----------------------------------------------------------------------------- domain adaptation
+
+
+def plot_pseudo_confidence(csv_path: str | Path, path: str | Path, threshold: float) -> Path:
+    """DACS's teacher over training: mean pseudo-label confidence and the share of pixels above τ."""
+    steps, confidence = read_log_series(csv_path, "dacs/confidence")
+    share_steps, share = read_log_series(csv_path, "dacs/confident_share")
+    if not len(confidence):
+        raise UserError(f"{csv_path}: no dacs/confidence values logged")
+    fig = Figure(figsize=(8.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(steps, confidence, color="tab:blue", linewidth=1.5, label="mean teacher confidence")
+    ax.plot(share_steps, share, color="tab:green", linewidth=1.5, label=f"share of pixels above τ = {threshold}")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.suptitle("Pseudo-labels on the unlabelled target images")
+    return _save(fig, path)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from crossearth_gate.data.layouts import casid_folders, rescuenet_folders
 from crossearth_gate.errors import UserError
 
@@ -99,14 +101,40 @@ def demo_data_root() -> Path:
 
 
 @dataclass
+class Subset:
+    """A seeded share of each image folder: `take: part` gets `fraction` of its images, `rest` the others.
+
+    Two specs that differ only in `take` split every folder (e.g. every Dubai tile) into disjoint
+    parts, e.g. unlabelled training images and scored test images of the same district.
+    """
+
+    fraction: float
+    take: Literal["part", "rest"] = "part"
+    seed: int = 0
+
+    def apply(self, pairs: list[Pair], folder: Path) -> list[Pair]:
+        if not 0 < self.fraction < 1 or self.take not in ("part", "rest"):
+            raise UserError(f"subset of {folder}: need 0 < fraction < 1 and take part|rest, got {self}")
+        ordered = sorted(pairs, key=lambda p: p[0])
+        n_part = min(len(ordered) - 1, max(1, round(len(ordered) * self.fraction)))
+        if len(ordered) < 2:
+            raise UserError(f"subset of {folder}: 1 image cannot be split into two parts")
+        chosen = set(np.random.default_rng(self.seed).permutation(len(ordered))[:n_part].tolist())
+        keep = (lambda i: i in chosen) if self.take == "part" else (lambda i: i not in chosen)
+        return [p for i, p in enumerate(ordered) if keep(i)]
+
+
+@dataclass
 class DomainSpec:
-    """One domain as a config gives it: `split` for folder layouts, `tiles` for dubai (None = all), `domain` (CASID)."""
+    """One domain as a config gives it: `split` for folder layouts, `tiles` for dubai (None = all), `domain` (CASID),
+    `subset` for a seeded part of each folder."""
 
     dataset: str
     root: str
     split: str | None = None
     tiles: list[int] | None = None
     domain: str | None = None
+    subset: Subset | None = None
 
     @property
     def info(self) -> DatasetInfo:
@@ -135,7 +163,10 @@ def list_pairs(spec: DomainSpec, labelled: bool = True) -> list[Pair]:
         if spec.split is not None:
             raise UserError(f"dataset {info.name!r} has no splits: use `tiles` instead of `split` for {root}")
         folders = [(tile / "images", tile / "masks") for tile in _tile_dirs(root, spec.tiles)]
-    pairs = [p for image_dir, mask_dir in folders for p in _pairs_in(image_dir, mask_dir, info, labelled)]
+    pairs = []
+    for image_dir, mask_dir in folders:
+        found = _pairs_in(image_dir, mask_dir, info, labelled)
+        pairs += found if spec.subset is None else spec.subset.apply(found, image_dir)
     return sorted(pairs, key=lambda p: p[0])
 
 

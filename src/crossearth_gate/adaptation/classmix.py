@@ -1,0 +1,33 @@
+"""ClassMix: paste the pixels of half the classes of a source image onto a target image.
+
+The mixed label is the source label where pasted and the teacher's pseudo-label elsewhere. Source
+pixels labelled 255 belong to no class, so they are never pasted: an ignored pixel never lends its
+image to the mix, and the target's own ignored pixels (no pseudo-label) stay 255.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..data.catalog import IGNORE_INDEX
+
+
+def classmix_masks(source_labels: Tensor, generator: torch.Generator) -> Tensor:
+    """(B, H, W) bool: per image, the pixels of ceil(n/2) of its n present classes, chosen at random."""
+    masks = torch.zeros_like(source_labels, dtype=torch.bool)
+    for i, label in enumerate(source_labels):
+        classes = label.unique()
+        classes = classes[classes != IGNORE_INDEX]
+        if not len(classes):
+            continue
+        order = torch.randperm(len(classes), generator=generator)
+        chosen = classes[order[: (len(classes) + 1) // 2].to(classes.device)]
+        masks[i] = torch.isin(label, chosen)
+    return masks
+
+
+def mix(mask: Tensor, source: Tensor, target: Tensor) -> Tensor:
+    """Source where ``mask`` (B, H, W), target elsewhere; images (B, C, H, W) or labels (B, H, W)."""
+    m = mask.unsqueeze(1) if source.dim() == 4 else mask
+    return torch.where(m, source, target)

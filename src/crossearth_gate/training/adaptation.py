@@ -1,0 +1,247 @@
+"""DACS self-training in Lightning: the task that mixes source and pseudo-labelled target images, the
+resumable target stream it draws from, and the pseudo-labelled batches the Fisher gate scores in DA.
+
+The framework-free pieces (teacher, ClassMix, pseudo-labels, augmentation) live in ``adaptation/``;
+this module only decides when they run and keeps their state in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..adaptation.classmix import classmix_masks, mix
+from ..adaptation.photometric import strong_augment
+from ..adaptation.protocol import check_disjoint
+from ..adaptation.pseudo import has_data, pack_targets, pseudo_labels, weighted_cross_entropy
+from ..adaptation.settings import ADAPTATION_METHODS, FISHER_DATA
+from ..adaptation.teacher import EMATeacher
+from ..config import RunConfig
+from ..errors import UserError
+from ..toolbox.slots import Toolbox
+from .losses import cross_entropy, per_sample_cross_entropy
+from .task import SegmentationTask
+
+
+class TargetStream:
+    """Unlabelled target batches: a fresh seeded permutation per pass, crops drawn from the stream's own RNG.
+
+    Its state (pass, position, RNG) goes into the checkpoint, so a resumed run sees the same images with
+    the same crops, whatever else drew random numbers. Images are read in this process (no workers).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise UserError("the unlabelled target domain has no images")
+        self.dataset, self.seed = dataset, seed
+        self.epoch, self.position = 0, 0
+        self.rng_state = torch.Generator().manual_seed(seed).get_state()
+
+    def _order(self) -> Tensor:
+        return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + 7919 * self.epoch))  # type: ignore[arg-type]
+
+    def next_batch(self, n: int) -> Tensor:
+        """The next ``n`` target images (n, 3, crop, crop), wrapping into a new pass as needed."""
+        indices: list[int] = []
+        order = self._order()
+        while len(indices) < n:
+            if self.position == len(order):
+                self.epoch, self.position = self.epoch + 1, 0
+                order = self._order()
+            indices.append(int(order[self.position]))
+            self.position += 1
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng_state)
+            images = torch.stack([self.dataset[i]["image"] for i in indices])
+            self.rng_state = torch.get_rng_state()
+        return images
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "rng_state": self.rng_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position, self.rng_state = int(state["epoch"]), int(state["position"]), state["rng_state"]
+
+
+class DACSTask(SegmentationTask):
+    """Loss = CE(source) + λ · mean_j w_j · CE(mixed_j, ClassMix label_j), the EMA teacher updated after every step."""
+
+    def __init__(self, cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
+                 target_names: list[str]):
+        super().__init__(cfg, classes, palette, target_names)
+        self.teacher = EMATeacher(self.model, cfg.adaptation.ema_alpha)
+        self.mix_rng = torch.Generator().manual_seed(cfg.train.seed + 104723)
+        self.stream: TargetStream | None = None
+        self._stream_state: dict[str, Any] | None = None
+
+    def attach(self, unlabelled: Dataset) -> None:
+        """Give the task its unlabelled target images (after the data module's setup)."""
+        self.stream = TargetStream(unlabelled, self.cfg.train.seed + 7)
+        if self._stream_state is not None:
+            self.stream.load_state_dict(self._stream_state)
+
+    @property
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        info = self.model.backbone.info
+        return info.mean, info.std
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.stream is None:
+            raise RuntimeError("DACSTask.attach() must run before training")
+        a = self.cfg.adaptation
+        source, labels = batch["image"], batch["mask"]
+        n = source.shape[0]
+        target = self.stream.next_batch(n).to(source.device)
+        mean, std = self.stats
+        pseudo = pseudo_labels(self.teacher.predict(self.model, target), has_data(target, mean, std), a.confidence)
+        masks = classmix_masks(labels, self.mix_rng)
+        mixed = strong_augment(mix(masks, source, target), mean, std, a, self.mix_rng)
+        mixed_labels = mix(masks, labels, pseudo.labels)
+        logits = self.model(torch.cat([source, mixed]))
+        loss_source = cross_entropy(logits[:n], labels)
+        loss_mixed = (pseudo.weight * per_sample_cross_entropy(logits[n:], mixed_labels)).mean()
+        loss = loss_source + a.mix_weight * loss_mixed
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/loss_source", loss_source, batch_size=n)
+        self.log("train/loss_mixed", loss_mixed, batch_size=n)
+        self.log("dacs/confidence", pseudo.mean_confidence, batch_size=n)
+        self.log("dacs/confident_share", float(pseudo.weight.mean()), batch_size=n)
+        self.log("train/active_slots", float(len(self.model.toolbox.active_slots())), batch_size=1)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.teacher.update(self.model)
+
+    def pseudo_label(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher labels (B, H, W) and per-image confidence weights (B,) of target images."""
+        mean, std = self.stats
+        pseudo = pseudo_labels(self.teacher.predict(self.model, images), has_data(images, mean, std),
+                               self.cfg.adaptation.confidence)
+        return pseudo.labels, pseudo.weight
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        stream = self.stream.state_dict() if self.stream is not None else self._stream_state
+        checkpoint["adaptation"] = {"stream": stream, "mix_rng": self.mix_rng.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("adaptation")
+        if state is None:
+            raise UserError("the checkpoint has no adaptation state: it comes from a run without train.adaptation")
+        self.mix_rng.set_state(state["mix_rng"])
+        self._stream_state = state["stream"]
+        if self.stream is not None and state["stream"] is not None:
+            self.stream.load_state_dict(state["stream"])
+
+
+@contextmanager
+def _active(toolbox: Toolbox, names: Iterable[str]) -> Iterator[None]:
+    """Temporarily another active set; the previous one and every requires_grad flag come back."""
+    previous = toolbox.active_slots()
+    flags = [(p, p.requires_grad) for p in toolbox.parameters()]
+    toolbox.set_active(names)
+    try:
+        yield
+    finally:
+        toolbox.set_active(previous)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def relative_weights(weight: Tensor) -> Tensor:
+    """w / mean(w); all ones when every weight is 0."""
+    mean = weight.mean()
+    return weight / mean if mean > 0 else torch.ones_like(weight)
+
+
+class PseudoLabelledFisherData:
+    """The gate's samples in DA: target images with teacher pseudo-labels and weights, source images, or both.
+
+    Targets are packed (labels, weight) for ``weighted_cross_entropy``; source samples get weight 1.
+    Target weights are taken relative to their mean (``relative_weights``): selection normalises scores
+    per type, so a common scale never changes it, and a teacher not yet sure of any pixel (all w = 0)
+    still ranks the slots with its pseudo-labels instead of returning all-zero scores.
+    With ``both`` the M samples are ceil(M/2) source then floor(M/2) target. The teacher labels with
+    the student's active set at the moment the gate asks (not the all-on set it scores with), and
+    the draws use their own seeded RNG, so scoring never shifts the training stream.
+    """
+
+    loss = staticmethod(weighted_cross_entropy)
+
+    def __init__(self, name: str, task: DACSTask, datamodule: Any, unlabelled: Dataset):
+        self.name, self.task, self.datamodule, self.unlabelled = name, task, datamodule, unlabelled
+
+    def batches(self, num_samples: int, seed: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        active = self.task.model.toolbox.active_slots()  # read now: scoring switches every slot on
+        n_source = {"source": num_samples, "target": 0, "both": math.ceil(num_samples / 2)}[self.name]
+        return self._draw(n_source, num_samples - n_source, seed, device, active)
+
+    def _draw(self, n_source: int, n_target: int, seed: int, device: torch.device,
+              active: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
+        drawn: list[tuple[Tensor, Tensor]] = []
+        with torch.random.fork_rng(devices=[]):  # drawn in full before anything is yielded
+            torch.manual_seed(seed)
+            if n_source:
+                batch = next(iter(self.datamodule.fisher_dataloader(n_source, seed=seed)))
+                labels = batch["mask"].to(device)
+                drawn.append((batch["image"].to(device), pack_targets(labels, torch.ones(len(labels), device=device))))
+            if n_target:
+                loader = DataLoader(self.unlabelled, batch_size=n_target, shuffle=True,
+                                    generator=torch.Generator().manual_seed(seed))
+                images = next(iter(loader))["image"].to(device)
+                with _active(self.task.model.toolbox, active):
+                    labels, weight = self.task.pseudo_label(images)
+                drawn.append((images, pack_targets(labels, relative_weights(weight))))
+        yield from drawn
+
+
+def build_task(cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
+               target_names: list[str]) -> SegmentationTask:
+    """The DG task, or the DACS task when ``train.adaptation`` asks for it (config checked here)."""
+    method, fisher = cfg.train.adaptation, cfg.gate.fisher_data
+    if method not in ADAPTATION_METHODS:
+        raise UserError(f"unknown train.adaptation {method!r}; choose one of {list(ADAPTATION_METHODS)}")
+    if fisher is not None and fisher not in FISHER_DATA:
+        raise UserError(f"unknown gate.fisher_data {fisher!r}; choose one of {list(FISHER_DATA)}")
+    if method == "none":
+        if fisher not in (None, "source"):
+            raise UserError(f"gate.fisher_data={fisher} needs pseudo-labels: set train.adaptation=dacs")
+        return SegmentationTask(cfg, classes, palette, target_names)
+    if cfg.data.unlabelled_target is None:
+        raise UserError("train.adaptation=dacs needs data.unlabelled_target (the target images to adapt to)")
+    a = cfg.adaptation
+    if not 0 <= a.ema_alpha < 1 or not 0 <= a.confidence < 1 or a.mix_weight < 0:
+        raise UserError("adaptation: need 0 <= ema_alpha < 1, 0 <= confidence < 1 and mix_weight >= 0")
+    check_disjoint(cfg.data.unlabelled_target, cfg.data.targets, a.transductive)
+    return DACSTask(cfg, classes, palette, target_names)
+
+
+def prepare_adaptation(cfg: RunConfig, task: SegmentationTask, datamodule: Any) -> PseudoLabelledFisherData | None:
+    """After the data module's setup: give the DA task its target images; return the gate's DA samples."""
+    if not isinstance(task, DACSTask):
+        return None
+    unlabelled = datamodule.unlabelled_dataloader().dataset
+    task.attach(unlabelled)
+    return PseudoLabelledFisherData(cfg.gate.fisher_data or "target", task, datamodule, unlabelled)
+
+
+PSEUDO_CONFIDENCE_FIGURE = "pseudo_confidence.png"
+
+
+def write_adaptation_figures(cfg: RunConfig, run_dir: Path) -> None:
+    """The pseudo-label confidence curve beside the run's gate map (DA runs that logged it)."""
+    if cfg.train.adaptation == "none":
+        return
+    from ..plots import plot_pseudo_confidence, read_log_series
+
+    log = run_dir / "logs" / "metrics.csv"
+    if log.is_file() and len(read_log_series(log, "dacs/confidence")[0]):  # none before the first log_every
+        plot_pseudo_confidence(log, run_dir / PSEUDO_CONFIDENCE_FIGURE, cfg.adaptation.confidence)
