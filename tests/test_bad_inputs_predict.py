@@ -200,3 +200,10 @@ def test_export_may_replace_its_own_earlier_export(run: Path, tmp_path: Path) ->
     assert main(["export", str(run), "--out", str(out)]) == 0
     assert main(["export", str(run), "--out", str(out)]) == 0
     assert json.loads(out.with_suffix(".json").read_text())["classes"] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("where", [".", "report"])
+def test_report_never_writes_into_a_run_folder(where: str, run: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    cli(capsys, tmp_path, ["report", run, "--out", run / where], 2, "lies in the run folder")
+    assert not (run / "report").exists()

@@ -221,6 +221,9 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
     """Write report.md, runs_table.md, summary.json and all figures into ``out_dir``; return report.md."""
     if not run_dirs:
         raise UserError("no run directories given")
+    inside = [d for d in run_dirs if Path(out_dir).resolve().is_relative_to(Path(d).resolve())]
+    if inside:
+        raise UserError(f"--out {out_dir} lies in the run folder {inside[0]}: a report never writes into a run")
     runs = [load_run(d) for d in run_dirs]
     _make_unique(runs)
     out_dir = Path(out_dir)
