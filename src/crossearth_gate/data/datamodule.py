@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from crossearth_gate.data.catalog import RGB, DomainSpec, Pair, list_pairs
 from crossearth_gate.data.datasets import SegmentationDataset, Transform
+from crossearth_gate.data.resumable import ResumableDistributedSampler, ResumableLoader, ResumableRandomSampler
 from crossearth_gate.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, Stats, TrainTransform
 from crossearth_gate.errors import UserError
 
@@ -148,7 +149,23 @@ class SegDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._train, self.batch_size, shuffle=True)
+        """The seeded shuffled order of before (RandomSampler; DistributedSampler under DDP), resumable mid-epoch."""
+        dataset = self._train
+        if dataset is None:
+            raise RuntimeError("SegDataModule.setup() must run before asking for loaders")
+        generator = torch.Generator().manual_seed(self.seed)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        sampler = (ResumableDistributedSampler(dataset, self.seed) if distributed
+                   else ResumableRandomSampler(len(dataset), generator))
+        return ResumableLoader(
+            dataset,
+            sampler,
+            batch_size=self.batch_size,
+            drop_last=len(dataset) >= self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+        )
 
     @property
     def has_validation(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,29 @@ from ..plots import plot_gate_map
 from .losses import per_sample_cross_entropy
 
 
-def check_ranks_agree(active: list[str]) -> None:
-    """Under DDP every rank must train the same slots; a mismatch would silently desynchronise them."""
+def trainable_digest(model: torch.nn.Module) -> str:
+    """sha256 of the head, every slot (active or not) and whatever else needs grad, in name order: ranks in
+    sync hold them equal bit for bit (the frozen backbone is left out: it never moves, and it is large)."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad or not name.startswith("backbone."):
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_ranks_agree(active: list[str], model: torch.nn.Module) -> None:
+    """Under DDP every rank must train the same slots with the same weights; a mismatch would silently
+    desynchronise them."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
+    local = (active, trainable_digest(model))
     gathered: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, active)
-    if any(other != active for other in gathered):
-        raise RuntimeError(f"ranks selected different active sets: {gathered}")
+    torch.distributed.all_gather_object(gathered, local)
+    if any(other[0] != active for other in gathered):
+        raise RuntimeError(f"ranks selected different active sets: {[other[0] for other in gathered]}")
+    if any(other[1] != local[1] for other in gathered):
+        raise RuntimeError("ranks hold different trainable weights: their gradients were not all averaged")
 
 
 COST_MODEL_FILE = "cost_model.json"
@@ -45,6 +61,8 @@ class GateCallback(L.Callback):
         self.num_samples = num_samples
         self.run_dir = run_dir
         self.ever_active: set[str] = set()
+        self.evaluated_step: int | None = None  # the step of the checkpoint the test restored, if any
+        self._restoring_for_test = False
 
     def _batches(self, device: torch.device, rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Fresh samples for every selection, and different ones on every rank (scores are summed)."""
@@ -70,16 +88,21 @@ class GateCallback(L.Callback):
             step, pl_module.model, self._batches(pl_module.device, trainer.global_rank), per_sample_cross_entropy
         )
         if selection is not None:
-            check_ranks_agree(pl_module.model.toolbox.active_slots())
+            check_ranks_agree(pl_module.model.toolbox.active_slots(), pl_module.model)
             pl_module.log("gate/selection_step", float(step), batch_size=1)
             if self.run_dir is not None and trainer.is_global_zero:
                 self.write_artefacts()
         self.ever_active.update(pl_module.model.toolbox.active_slots())
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        check_ranks_agree(pl_module.model.toolbox.active_slots(), pl_module.model)
+
     def write_artefacts(self) -> None:
-        """gates.json (every selection with its scores) and gate_map.png, written atomically."""
+        """gates.json (every selection with its scores; the tested checkpoint's step) and gate_map.png."""
         assert self.run_dir is not None
         gates = self.gate.to_dict()
+        if self.evaluated_step is not None:
+            gates["evaluated_step"] = self.evaluated_step
         atomic_write_json(self.run_dir / "gates.json", gates)
         if gates["selections"]:
             plot_gate_map(gates, self.run_dir / "gate_map.png")
@@ -87,6 +110,17 @@ class GateCallback(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"gate": self.gate.state_dict(), "ever_active": sorted(self.ever_active)}
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """Lightning calls this before ``load_state_dict``; a test restoring the best checkpoint takes its
+        weights and active set, not its (shorter) selection history."""
+        self._restoring_for_test = trainer.testing
+        if trainer.testing:
+            self.evaluated_step = int(checkpoint["global_step"])
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._restoring_for_test:
+            self._restoring_for_test = False
+            return  # the task's on_load_checkpoint sets the checkpoint's active set
         self.gate.load_state_dict(state_dict["gate"])
         self.ever_active = set(state_dict.get("ever_active", []))

@@ -10,20 +10,21 @@ from typing import Any
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from ..artefacts import TRAINABLE_FILE, save_trainable, spec_of
 from ..atomic import atomic_write_json, atomic_write_text
 from ..backbones import BackboneInfo
 from ..config import RunConfig, config_to_dict
 from ..data import SegDataModule, get_dataset_info
+from . import run_dir as run_folder
 from .checkpoint_io import AtomicCheckpointIO
+from .csv_log import RunCSVLogger
+from .ddp import slot_aware_strategy
 from .gate_callback import GateCallback
 from .progress import StepProgressBar
+from .resume import LastCheckpoint, RandomStates
 from .task import SOURCE_VAL, SegmentationTask
 from .timing import StepTimer
-
-log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: RunConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> SegDataModule:
@@ -61,12 +62,13 @@ def _quiet_lightning() -> None:
         logger.propagate = False
 
 
-def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], validate: bool) -> L.Trainer:
+def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], validate: bool,
+             start: run_folder.Start) -> L.Trainer:
     _quiet_lightning()
     t = cfg.train
     if t.progress:
         callbacks = [*callbacks, StepProgressBar()]
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    loggers: list[Any] = [RunCSVLogger(run_dir, start.step)]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -74,9 +76,6 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], validat
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
     except ImportError:
         pass
-    strategy = t.strategy
-    if strategy.startswith("ddp") and "find_unused" not in strategy:
-        strategy = f"{strategy}_find_unused_parameters_true"  # inactive slots get no gradient in some steps
     return L.Trainer(
         max_steps=t.max_steps,
         val_check_interval=min(t.val_every, t.max_steps),
@@ -86,7 +85,7 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], validat
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=strategy,
+        strategy=slot_aware_strategy(t.strategy),
         precision=t.precision,
         callbacks=callbacks,
         logger=loggers,
@@ -104,6 +103,9 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     Returns the metrics on the global-zero process (None on the other DDP ranks).
     """
     run_dir = Path(run_dir)
+    start = run_folder.prepare(cfg, run_dir, resume)  # before anything in run_dir is written
+    if start.metrics is not None:
+        return start.metrics
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     info = get_dataset_info(cfg.data.source.dataset)
@@ -115,17 +117,15 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     datamodule.setup("fit")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
+    callbacks: list[L.Callback] = []
+    checkpoint = None
     if validate:  # model selection on held-out SOURCE data, never on target labels
         checkpoint = ModelCheckpoint(
             dirpath=run_dir / "checkpoints", filename="best", monitor="val/mIoU", mode="max", save_top_k=1,
-            save_last=True, auto_insert_metric_name=False,
+            save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
         )
-    else:
-        checkpoint = ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, every_n_train_steps=cfg.train.val_every,
-            save_last=False, enable_version_counter=False,
-        )
-    callbacks: list[L.Callback] = [checkpoint]
+        callbacks.append(checkpoint)
+    callbacks.append(LastCheckpoint(run_dir / run_folder.LAST, cfg.train.val_every, after_validation=validate))
     gate_cb = None
     if cfg.gate.enabled:
         g = cfg.gate
@@ -134,15 +134,14 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
         callbacks.append(gate_cb)
     timer = StepTimer()  # after the gate callback: a selection at batch start is not part of the step
     callbacks.append(timer)
-    trainer = _trainer(cfg, run_dir, callbacks, validate)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if resume and last.is_file() else None
-    if ckpt_path:
-        log.warning("resuming from %s", ckpt_path)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    callbacks.append(RandomStates())  # last: restores the random streams after every start-up draw
+    trainer = _trainer(cfg, run_dir, callbacks, validate, start)
+    ckpt_path = str(start.checkpoint) if start.checkpoint else None
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    trained_to = trainer.global_step
 
     # source-selected checkpoint when validating; otherwise the final weights, already in memory
-    best = (checkpoint.best_model_path or None) if validate else None
+    best = (checkpoint.best_model_path or None) if checkpoint is not None else None
     task.sample_dir = run_dir / "samples"
     loaders = [datamodule.val_dataloader()] if validate else []
     loaders += datamodule.test_dataloader()
@@ -150,6 +149,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     if not trainer.is_global_zero:
         return None
     if gate_cb is not None:
+        gate_cb.evaluated_step = gate_cb.evaluated_step if best else trained_to
         gate_cb.write_artefacts()
     return write_run_artefacts(cfg, run_dir, task, gate_cb, best, trainer.world_size, timer)
 
@@ -190,7 +190,7 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
     atomic_write_json(run_dir / "metrics.json", metrics)
     spec = spec_of(model, task.classes, task.palette, cfg.train.seed, cfg.data.crop_size, cfg.model.head,
                    cfg.model.head_channels, cfg.model.backbone_kwargs)
-    save_trainable(run_dir / TRAINABLE_FILE, model, spec)
+    save_trainable(run_dir / TRAINABLE_FILE, model, spec, trained_slots)
     return metrics
 
 
