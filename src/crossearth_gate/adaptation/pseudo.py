@@ -4,22 +4,22 @@ No-data target pixels (pure black: crop padding, scanner borders) get no pseudo-
 not count towards the weight. The weight of an image is the share of its pseudo-labelled pixels
 whose teacher confidence exceeds τ (DACS).
 
-The Fisher gate scores a per-sample loss ``loss(logits, target)``. For pseudo-labelled images that
-loss is the DA task's own, w_j·CE(logits_j, pseudo_j), so its squared per-sample gradient is
+The Fisher gate scores a per-sample loss ``loss(outputs, target)``. For pseudo-labelled images that
+loss is the DA task's own, w_j·loss_j(outputs_j, pseudo_j), so its squared per-sample gradient is
 w_j²·g_j². Labels and weights travel in one float tensor (B, 2, H, W) (labels are small integers,
 exact in float) so the gate's slicing, looping and vmap need no special case.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.catalog import IGNORE_INDEX
-from ..training.losses import per_sample_cross_entropy
 
 BLACK = 0.5 / 255  # raw RGB below half a grey level in every band counts as no data
 
@@ -44,9 +44,9 @@ def has_data(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) ->
     return (images * s + m).amax(1) > BLACK
 
 
-def pseudo_labels(logits: Tensor, valid: Tensor, threshold: float) -> PseudoLabels:
-    """Argmax labels and the DACS per-image weight from teacher logits (B, C, H, W)."""
-    confidence, labels = F.softmax(logits.float(), dim=1).max(1)
+def pseudo_labels(probabilities: Tensor, valid: Tensor, threshold: float) -> PseudoLabels:
+    """Argmax labels and the DACS per-image weight from the teacher's class probabilities (B, C, H, W)."""
+    confidence, labels = probabilities.max(1)
     labels = labels.masked_fill(~valid, IGNORE_INDEX)
     sure = ((confidence > threshold) & valid).flatten(1).sum(1)
     weight = sure / valid.flatten(1).sum(1).clamp(min=1)
@@ -59,6 +59,11 @@ def pack_targets(labels: Tensor, weight: Tensor) -> Tensor:
     return torch.stack([labels.to(torch.float32), w], dim=1)
 
 
-def weighted_cross_entropy(logits: Tensor, packed: Tensor) -> Tensor:
-    """w_j · (mean pixel CE of image j over its non-ignored pixels), shape (B,)."""
-    return packed[:, 1, 0, 0] * per_sample_cross_entropy(logits, packed[:, 0].round().long())
+class Weighted:
+    """``base`` per-sample loss on packed (labels, weight) targets: w_j · base(outputs_j, labels_j), shape (B,)."""
+
+    def __init__(self, base: Callable[[Any, Tensor], Tensor]):
+        self.base = base
+
+    def __call__(self, outputs: Any, packed: Tensor) -> Tensor:
+        return packed[:, 1, 0, 0] * self.base(outputs, packed[:, 0].round().long())

@@ -14,19 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..adaptation.classmix import classmix_masks, mix
 from ..adaptation.photometric import strong_augment
 from ..adaptation.protocol import check_disjoint
-from ..adaptation.pseudo import has_data, pack_targets, pseudo_labels, weighted_cross_entropy
+from ..adaptation.pseudo import PseudoLabels, Weighted, has_data, pack_targets, pseudo_labels
 from ..adaptation.settings import ADAPTATION_METHODS, FISHER_DATA
 from ..adaptation.teacher import EMATeacher
 from ..config import RunConfig
 from ..errors import UserError
+from ..heads import has_own_loss
 from ..toolbox.slots import Toolbox
-from .losses import cross_entropy, per_sample_cross_entropy
+from .losses import cross_entropy, fisher_loss, per_sample_cross_entropy, segmentation_loss
 from .task import SegmentationTask
 
 
@@ -100,13 +102,18 @@ class DACSTask(SegmentationTask):
         n = source.shape[0]
         target = self.stream.next_batch(n).to(source.device)
         mean, std = self.stats
-        pseudo = pseudo_labels(self.teacher.predict(self.model, target), has_data(target, mean, std), a.confidence)
+        pseudo = self._pseudo(target)
         masks = classmix_masks(labels, self.mix_rng)
         mixed = strong_augment(mix(masks, source, target), mean, std, a, self.mix_rng)
         mixed_labels = mix(masks, labels, pseudo.labels)
-        logits = self.model(torch.cat([source, mixed]))
-        loss_source = cross_entropy(logits[:n], labels)
-        loss_mixed = (pseudo.weight * per_sample_cross_entropy(logits[n:], mixed_labels)).mean()
+        if has_own_loss(self.model.head):  # Mask2Former: its matched losses, the mixed ones per image
+            loss_source = segmentation_loss(self.model, self.model.head_outputs(source), labels)
+            per_image = self.model.head.per_sample_loss(self.model.head_outputs(mixed), mixed_labels)
+        else:  # one forward of source and mixed images together
+            logits = self.model(torch.cat([source, mixed]))
+            loss_source = cross_entropy(logits[:n], labels)
+            per_image = per_sample_cross_entropy(logits[n:], mixed_labels)
+        loss_mixed = (pseudo.weight * per_image).mean()
         loss = loss_source + a.mix_weight * loss_mixed
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/loss_source", loss_source, batch_size=n)
@@ -119,11 +126,18 @@ class DACSTask(SegmentationTask):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.teacher.update(self.model)
 
+    def _pseudo(self, images: Tensor) -> PseudoLabels:
+        mean, std = self.stats
+        scores = self.teacher.predict(self.model, images)
+        if has_own_loss(self.model.head):  # Mask2Former's class scores are sums of probabilities
+            probabilities = scores.float() / scores.float().sum(1, keepdim=True).clamp(min=1e-12)
+        else:
+            probabilities = F.softmax(scores.float(), dim=1)
+        return pseudo_labels(probabilities, has_data(images, mean, std), self.cfg.adaptation.confidence)
+
     def pseudo_label(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher labels (B, H, W) and per-image confidence weights (B,) of target images."""
-        mean, std = self.stats
-        pseudo = pseudo_labels(self.teacher.predict(self.model, images), has_data(images, mean, std),
-                               self.cfg.adaptation.confidence)
+        pseudo = self._pseudo(images)
         return pseudo.labels, pseudo.weight
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -165,7 +179,9 @@ def relative_weights(weight: Tensor) -> Tensor:
 class PseudoLabelledFisherData:
     """The gate's samples in DA: target images with teacher pseudo-labels and weights, source images, or both.
 
-    Targets are packed (labels, weight) for ``weighted_cross_entropy``; source samples get weight 1.
+    ``model`` and ``loss`` are what the gate scores: the segmentor (or, for a head with its own loss, its
+    raw outputs) and that loss per image, weighted. Targets are packed (labels, weight); source samples
+    get weight 1.
     Target weights are taken relative to their mean (``relative_weights``): selection normalises scores
     per type, so a common scale never changes it, and a teacher not yet sure of any pixel (all w = 0)
     still ranks the slots with its pseudo-labels instead of returning all-zero scores.
@@ -174,10 +190,10 @@ class PseudoLabelledFisherData:
     the draws use their own seeded RNG, so scoring never shifts the training stream.
     """
 
-    loss = staticmethod(weighted_cross_entropy)
-
     def __init__(self, name: str, task: DACSTask, datamodule: Any, unlabelled: Dataset):
         self.name, self.task, self.datamodule, self.unlabelled = name, task, datamodule, unlabelled
+        self.model, base = fisher_loss(task.model)
+        self.loss = Weighted(base)
 
     def batches(self, num_samples: int, seed: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         active = self.task.model.toolbox.active_slots()  # read now: scoring switches every slot on

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lightning as L
 import torch
 
 from ..atomic import atomic_write_json
+from ..errors import UserError
 from ..gating import Budget, BudgetedSelector, Gate, GateSchedule, make_selector, measured_cost_model
+from ..gating.fisher import PerSampleLoss
+from ..heads import has_own_loss
 from ..plots import plot_gate_map
-from .losses import per_sample_cross_entropy
+from .losses import fisher_loss
 
 
 def trainable_digest(model: torch.nn.Module) -> str:
@@ -44,13 +47,24 @@ def check_ranks_agree(active: list[str], model: torch.nn.Module) -> None:
 COST_MODEL_FILE = "cost_model.json"
 
 
+class FisherData(Protocol):
+    """Where the gate's samples come from when not from the labelled source (training/adaptation.py)."""
+
+    name: str
+    model: torch.nn.Module  # what is scored: the segmentor, or a head-outputs view of it
+    loss: PerSampleLoss
+
+    def batches(self, num_samples: int, seed: int,
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 class GateCallback(L.Callback):
     """Before the optimisation step ``s`` where the schedule is due, score all slots and keep the top-k
     (or, with a ``budget``, the best set within it: the cost model is measured when training starts)."""
 
     def __init__(self, task: L.LightningModule, datamodule: Any, selector: str, k: float, every: int,
                  warmup: int, num_samples: int, seed: int, run_dir: Path | None, fisher_method: str = "loop",
-                 budget: Budget | None = None):
+                 budget: Budget | None = None, fisher_data: FisherData | None = None):
         count = int(k) if k > 1 else k  # YAML gives floats: 9.0 means a count of 9, 0.25 a fraction
         chooser = make_selector(selector, seed, fisher_method)
         if budget is not None and budget.is_set:
@@ -61,12 +75,23 @@ class GateCallback(L.Callback):
         self.num_samples = num_samples
         self.run_dir = run_dir
         self.ever_active: set[str] = set()
+        self.fisher_data = fisher_data  # None: labelled source samples (DG); in DA the adaptation's samples
+        if fisher_method == "vmap" and has_own_loss(task.model.head):
+            raise UserError("gate.fisher_method vmap cannot differentiate a head loss with Hungarian matching "
+                            "(scipy): use loop")
+        scored, source_loss = fisher_loss(task.model)  # the head's own loss of one image, or pixel CE
+        self.scored = fisher_data.model if fisher_data is not None else scored
+        self.loss = fisher_data.loss if fisher_data is not None else source_loss
+        self.scored_on: list[str] = []  # per selection: which data scored it (gates.json "data")
         self.evaluated_step: int | None = None  # the step of the checkpoint the test restored, if any
         self._restoring_for_test = False
 
     def _batches(self, device: torch.device, rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Fresh samples for every selection, and different ones on every rank (scores are summed)."""
         seed = self.seed + 7919 * len(self.gate.history) + 104729 * rank
+        if self.fisher_data is not None:
+            yield from self.fisher_data.batches(self.num_samples, seed, device)
+            return
         for batch in self.datamodule.fisher_dataloader(self.num_samples, seed=seed):
             yield batch["image"].to(device), batch["mask"].to(device)
 
@@ -78,16 +103,17 @@ class GateCallback(L.Callback):
         batch = next(iter(self.datamodule.fisher_dataloader(self.datamodule.batch_size, seed=self.seed)))
         images, targets = batch["image"].to(pl_module.device), batch["mask"].to(pl_module.device)
         cache = self.run_dir / COST_MODEL_FILE if self.run_dir is not None else None
-        model = pl_module.model
-        selector.cost = measured_cost_model(model, model.toolbox, images, targets, per_sample_cross_entropy, cache)
+        model, loss = fisher_loss(pl_module.model)
+        selector.cost = measured_cost_model(model, pl_module.model.toolbox, images, targets, loss, cache)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         step = trainer.global_step
         selection = self.gate.maybe_select(
-            step, pl_module.model, self._batches(pl_module.device, trainer.global_rank), per_sample_cross_entropy
+            step, self.scored, self._batches(pl_module.device, trainer.global_rank), self.loss
         )
         if selection is not None:
+            self.scored_on.append(self.fisher_data.name if self.fisher_data is not None else "source")
             check_ranks_agree(pl_module.model.toolbox.active_slots(), pl_module.model)
             pl_module.log("gate/selection_step", float(step), batch_size=1)
             if self.run_dir is not None and trainer.is_global_zero:
@@ -101,6 +127,8 @@ class GateCallback(L.Callback):
         """gates.json (every selection with its scores; the tested checkpoint's step) and gate_map.png."""
         assert self.run_dir is not None
         gates = self.gate.to_dict()
+        for record, data in zip(gates["selections"], self.scored_on, strict=False):
+            record["data"] = data
         if self.evaluated_step is not None:
             gates["evaluated_step"] = self.evaluated_step
         atomic_write_json(self.run_dir / "gates.json", gates)
@@ -108,7 +136,7 @@ class GateCallback(L.Callback):
             plot_gate_map(gates, self.run_dir / "gate_map.png")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gate": self.gate.state_dict(), "ever_active": sorted(self.ever_active)}
+        return {"gate": self.gate.state_dict(), "ever_active": sorted(self.ever_active), "scored_on": self.scored_on}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -124,3 +152,4 @@ class GateCallback(L.Callback):
             return  # the task's on_load_checkpoint sets the checkpoint's active set
         self.gate.load_state_dict(state_dict["gate"])
         self.ever_active = set(state_dict.get("ever_active", []))
+        self.scored_on = list(state_dict.get("scored_on", []))

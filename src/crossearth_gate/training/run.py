@@ -17,6 +17,7 @@ from ..backbones import BackboneInfo
 from ..config import RunConfig, config_to_dict
 from ..data import SegDataModule, get_dataset_info
 from . import run_dir as run_folder
+from .adaptation import build_task, prepare_adaptation, write_adaptation_figures
 from .checkpoint_io import AtomicCheckpointIO
 from .csv_log import RunCSVLogger
 from .ddp import slot_aware_strategy
@@ -111,10 +112,11 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     info = get_dataset_info(cfg.data.source.dataset)
     validate = cfg.data.val is not None or cfg.data.val_fraction > 0
     domains = [SOURCE_VAL, *cfg.data.targets] if validate else list(cfg.data.targets)
-    task = SegmentationTask(cfg, list(info.classes), list(info.palette), domains)
+    task = build_task(cfg, list(info.classes), list(info.palette), domains)
     backbone = task.model.backbone.info
     datamodule = build_datamodule(cfg, backbone.mean, backbone.std)
     datamodule.setup("fit")
+    fisher_data = prepare_adaptation(cfg, task, datamodule)  # None without train.adaptation
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     callbacks: list[L.Callback] = []
@@ -130,7 +132,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     if cfg.gate.enabled:
         g = cfg.gate
         gate_cb = GateCallback(task, datamodule, g.selector, g.k, g.every, g.warmup, g.num_samples,
-                               cfg.train.seed, run_dir, g.fisher_method, g.budget)
+                               cfg.train.seed, run_dir, g.fisher_method, g.budget, fisher_data)
         callbacks.append(gate_cb)
     timer = StepTimer()  # after the gate callback: a selection at batch start is not part of the step
     callbacks.append(timer)
@@ -151,6 +153,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     if gate_cb is not None:
         gate_cb.evaluated_step = gate_cb.evaluated_step if best else trained_to
         gate_cb.write_artefacts()
+    write_adaptation_figures(cfg, run_dir)
     return write_run_artefacts(cfg, run_dir, task, gate_cb, best, trainer.world_size, timer)
 
 
@@ -180,6 +183,7 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
             "name": cfg.name,
             "mode": mode,
             "selector": cfg.gate.selector if cfg.gate.enabled else None,
+            "adaptation": cfg.train.adaptation,
             "k": gate_cb.gate.k if gate_cb else None,
             "active": toolbox.active_slots(),
             "checkpoint": checkpoint,

@@ -1,0 +1,142 @@
+"""DA end to end on a tiny ViT: target masks are never read, the teacher and the DA state are in the
+checkpoint and come back, and a killed DA run continues exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from crossearth_gate.cli import main
+from crossearth_gate.config import DEMO_DATA, load_config
+from crossearth_gate.data.catalog import get_dataset_info
+from crossearth_gate.training.adaptation import DACSTask
+from test_cli_e2e import TINY
+
+
+def da_settings(root: Path) -> list[str]:
+    """Source tile 1, scored tile 5, unlabelled tiles 6 and 7 (from ``root``)."""
+    return [
+        *TINY,
+        f"data.targets={{tile_5: {{dataset: dubai, root: '{root}', tiles: [5]}}}}",
+        f"data.unlabelled_target={{dataset: dubai, root: '{root}', tiles: [6, 7]}}",
+        "train.adaptation=dacs",
+        "train.log_every=1",
+    ]
+
+
+@pytest.fixture(scope="module")
+def maskless_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Demo tiles 1 and 5 as shipped; tile 6 without its masks folder, tile 7 with garbage masks."""
+    root = tmp_path_factory.mktemp("dubai")
+    for tile in (1, 5, 6, 7):
+        shutil.copytree(DEMO_DATA / "dubai" / f"tile_{tile}", root / f"tile_{tile}")
+    shutil.rmtree(root / "tile_6" / "masks")
+    for mask in (root / "tile_7" / "masks").iterdir():
+        mask.write_bytes(b"not a png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def da_run(maskless_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "da"
+    assert main(["fit", "--config", "demo", "--out", str(out), *da_settings(maskless_root),
+                 "train.max_steps=4"]) == 0
+    return out
+
+
+def test_unlabelled_target_without_or_with_corrupt_masks_trains(da_run: Path) -> None:
+    gates = json.loads((da_run / "gates.json").read_text())
+    assert [(s["step"], s["data"]) for s in gates["selections"]] == [(0, "target"), (2, "target")]
+    metrics = json.loads((da_run / "metrics.json").read_text())
+    assert metrics["run"]["adaptation"] == "dacs" and set(metrics["domains"]) == {"source_val", "tile_5"}
+    assert (da_run / "pseudo_confidence.png").stat().st_size > 0
+    header = (da_run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"dacs/confidence", "dacs/confident_share", "train/loss_mixed", "train/loss_source"} <= set(header)
+
+
+def test_checkpoint_holds_the_teacher_but_no_backbone(da_run: Path) -> None:
+    ckpt = torch.load(da_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = ckpt["state_dict"]
+    teacher = {k: v for k, v in state.items() if k.startswith("teacher.")}
+    assert teacher and not any(k.startswith(("model.backbone.", "teacher.backbone")) for k in state)
+    assert int(teacher["teacher.updates"]) == ckpt["global_step"], "one EMA update per optimiser step"
+    head = [k for k in teacher if k.startswith("teacher.head__")]
+    assert head and any(not torch.equal(state[k], state["model." + k[8:].replace("__", ".")]) for k in head)
+    assert set(ckpt["adaptation"]) == {"stream", "mix_rng"}
+
+
+def test_teacher_and_da_state_round_trip(maskless_root: Path) -> None:
+    cfg = load_config("demo", da_settings(maskless_root))
+    info = get_dataset_info("dubai")
+    images = torch.utils.data.TensorDataset(torch.randn(5, 3, 56, 56))
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"image": images[i][0] + torch.rand(())}
+
+    def task() -> DACSTask:
+        t = DACSTask(cfg, list(info.classes), list(info.palette), ["tile_5"])
+        t.attach(Images())
+        return t
+
+    first = task()
+    first.stream.next_batch(3)
+    torch.rand((), generator=first.mix_rng)
+    with torch.no_grad():
+        for t in first.teacher.tensors().values():
+            t.add_(1.0)
+    checkpoint = {"state_dict": first.state_dict()}
+    first.on_save_checkpoint(checkpoint)
+    second = task()
+    second.on_load_checkpoint(checkpoint)
+    second.load_state_dict(checkpoint["state_dict"])
+    for name, value in first.teacher.tensors().items():
+        assert torch.equal(second.teacher.tensors()[name], value), name
+    assert torch.equal(second.stream.next_batch(4), first.stream.next_batch(4))
+    assert torch.equal(torch.rand(3, generator=second.mix_rng), torch.rand(3, generator=first.mix_rng))
+
+
+@pytest.mark.slow
+def test_killed_da_run_resumes_exactly(maskless_root: Path, tmp_path: Path) -> None:
+    from test_resume import SETTINGS, assert_same, checkpoint_step, command, outcome, run_killed
+
+    extra = [*da_settings(maskless_root)[len(TINY):], "gate.every=3"]
+    reference = tmp_path / "uninterrupted"
+    assert main(["fit", "--config", "demo", "--out", str(reference), *SETTINGS, *extra]) == 0
+    killed = tmp_path / "killed"
+    run_killed(killed, extra, after_step=4)
+    assert checkpoint_step(killed / "checkpoints" / "last.ckpt") is not None
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command(killed, extra), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming" in proc.stderr
+    assert_same(outcome(reference), outcome(killed))
+
+
+def test_a_da_config_trains_with_its_own_mask2former_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """P2V as shipped (DACS, Mask2Former shrunk): matched losses on source and mixed images, Fisher on target."""
+    pytest.importorskip("transformers")
+    from benchmark_fixtures import write_benchmark_tree
+    from test_benchmark_configs import BENCHMARKS
+    from test_benchmark_configs import TINY as BENCH_TINY
+
+    monkeypatch.setenv("CEG_DATA", str(write_benchmark_tree(tmp_path / "data")))
+    tiny_m2f = ("model.head_kwargs={num_queries: 6, decoder_layers: 3, encoder_layers: 1, num_attention_heads: 2, "
+                "dim_feedforward: 32, encoder_feedforward_dim: 32, train_num_points: 256}")
+    overrides = [o for o in BENCH_TINY if not o.startswith(("model.head=", "model.head_channels="))]
+    out = tmp_path / "run"
+    assert main(["fit", "--config", str(BENCHMARKS / "p2v.yaml"), "--out", str(out), *overrides,
+                 "model.head_channels=32", tiny_m2f, "train.log_every=1"]) == 0
+    gates = json.loads((out / "gates.json").read_text())
+    assert [s["data"] for s in gates["selections"]] == ["target"]
+    header = (out / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "dacs/confidence" in header and "train/loss_mixed" in header
