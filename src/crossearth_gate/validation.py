@@ -162,6 +162,8 @@ def _backbone_shape(cfg: RunConfig) -> tuple[int, int]:
                         f"with them ({reason})") from None
     if not isinstance(vit, VisionTransformer):
         raise UserError(f"config model.backbone: {m.backbone!r} is not a timm VisionTransformer")
+    if not len(vit.blocks):
+        raise UserError(f"config model.backbone_kwargs {m.backbone_kwargs}: builds {m.backbone} without blocks")
     patch = vit.patch_embed.patch_size
     return (patch[0] if isinstance(patch, tuple) else patch), len(vit.blocks)
 
