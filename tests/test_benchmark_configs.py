@@ -11,6 +11,8 @@ import yaml
 from benchmark_fixtures import write_benchmark_tree
 from crossearth_gate.cli import main
 from crossearth_gate.config import load_config
+from crossearth_gate.report import load_run
+from crossearth_gate.table import collect, load_paper_results
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
 CONFIGS = sorted(p for p in BENCHMARKS.glob("*.yaml") if not p.name.startswith("_"))
@@ -73,6 +75,8 @@ def test_config_trains_two_steps_on_fixtures(path: Path, data_root: Path, tmp_pa
         assert set(result["per_class_iou"]) == set(cfg.data.source.info.classes)
     recorded = yaml.safe_load((out / "config.yaml").read_text())["data"]
     assert recorded["source"]["domain"] == cfg.data.source.domain, "the table keys runs on the recorded data"
+    scores = collect([load_run(out)], load_paper_results())
+    assert list(scores.by_setting) == [path.stem], "`crossearth-gate table` puts the run in its setting's row"
 
 
 def test_a_config_trains_with_its_own_head(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
