@@ -111,3 +111,15 @@ def test_unreachable_hub_fails_fast_in_one_line(silent_hub: None, tmp_path: Path
     started = time.monotonic()
     cli(capsys, tmp_path, fit_argv(tmp_path / "run", "model.weights=hub"), 2, "hub")
     assert time.monotonic() - started < 15, "one short probe, not minutes of retried downloads"
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("train.max_steps=0", "train.max_steps"), ("data.source.root=/no/such/folder", "/no/such/folder"),
+    ("gate.k=2.5", "gate.k"),
+])
+def test_no_resume_with_bad_input_leaves_the_old_run_in_place(override: str, needle: str, run_copy: Path,
+                                                              tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before ``--no-resume`` moves anything aside: the old run is where it was, byte for byte."""
+    cli(capsys, tmp_path, ["fit", "--no-resume", *fit_argv(run_copy, override)[1:]], 2, needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
