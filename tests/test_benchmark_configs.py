@@ -79,7 +79,9 @@ def test_config_trains_two_steps_on_fixtures(path: Path, data_root: Path, tmp_pa
     assert list(scores.by_setting) == [path.stem], "`crossearth-gate table` puts the run in its setting's row"
 
 
-def test_a_config_trains_with_its_own_head(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("name", ["potsdam_rgb2rescuenet", "p2v"])  # one DG, one DA (DACS) setting
+def test_a_config_trains_with_its_own_head(name: str, data_root: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The configs' Mask2Former (shrunk: 6 queries, 3 decoder layers) trains and tests from a benchmark config."""
     pytest.importorskip("transformers")
     monkeypatch.setenv("CEG_DATA", str(data_root))
@@ -87,11 +89,13 @@ def test_a_config_trains_with_its_own_head(data_root: Path, tmp_path: Path, monk
                 "dim_feedforward: 32, encoder_feedforward_dim: 32, train_num_points: 256}")
     overrides = [o for o in TINY if not o.startswith(("model.head=", "model.head_channels="))]
     out = tmp_path / "run"
-    config = str(BENCHMARKS / "potsdam_rgb2rescuenet.yaml")
-    assert main(["fit", "--config", config, "--out", str(out), *overrides, "model.head_channels=32", tiny_m2f]) == 0
+    config = BENCHMARKS / f"{name}.yaml"
+    assert main(["fit", "--config", str(config), "--out", str(out), *overrides, "model.head_channels=32",
+                 tiny_m2f]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["head"] == "mask2former"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= metrics["domains"]["rescuenet"]["mIoU"] <= 100.0
+    for target in load_config(str(config)).data.targets:
+        assert 0.0 <= metrics["domains"][target]["mIoU"] <= 100.0
 
 
 def test_a_config_on_a_wrong_tree_fails_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
