@@ -1,4 +1,5 @@
-"""``crossearth-gate``: one entry point with subcommands. User errors print one line and exit 2."""
+"""``crossearth-gate``: one entry point with subcommands. User errors print one line and exit 2; a write the
+file system refused (full disk, I/O error) prints one line and exits 1."""
 
 from __future__ import annotations
 
@@ -199,7 +200,7 @@ def one_line(err: UserError) -> str:
     text = str(err)
     if "Original Traceback" in text:
         text = text.strip().splitlines()[-1].partition(": ")[2]
-    return text
+    return " ".join(text.split())  # a quoted library message may span lines; the error is one
 
 
 def main(argv: list[str] | None = None) -> Any:
