@@ -39,10 +39,10 @@ def _optional_at_least(value: float | None, low: float, key: str) -> None:
         _at_least(value, low, key)
 
 
-def check_gate_k(k: float, key: str = "gate.k") -> None:
+def _check_gate_k(k: float) -> None:
     """An integer count (``3``, ``3.0``) or a fraction in (0, 1]; ``2.5`` would silently train 2 slots."""
     ok = math.isfinite(k) and (0 < k <= 1 or (k > 1 and k == int(k)))
-    _require(ok, key, "must be an integer count of slots or a fraction in (0, 1]", k)
+    _require(ok, "gate.k", "must be an integer count of slots or a fraction in (0, 1]", k)
 
 
 def check_values(cfg: RunConfig) -> None:
@@ -76,7 +76,7 @@ def check_values(cfg: RunConfig) -> None:
 
     g = cfg.gate
     _require(g.selector in SELECTORS, "gate.selector", f"must be one of {list(SELECTORS)}", g.selector)
-    check_gate_k(g.k)
+    _check_gate_k(g.k)
     _at_least(g.every, 1, "gate.every")
     _at_least(g.warmup, 0, "gate.warmup")
     _at_least(g.num_samples, 1, "gate.num_samples")
