@@ -15,7 +15,7 @@ from ..config import RunConfig
 from ..inference import sliding_window_logits
 from ..metrics import SegMetrics
 from ..segmentor import Segmentor
-from .losses import cross_entropy
+from .losses import segmentation_loss
 from .schedule import warmup_poly
 
 SOURCE_VAL = "source_val"
@@ -26,7 +26,7 @@ def build_segmentor(cfg: RunConfig, num_classes: int) -> Segmentor:
     backbone = build_seeded_backbone(
         m.backbone, m.weights, cfg.data.crop_size, m.out_indices, cfg.train.seed, m.backbone_kwargs
     )
-    return Segmentor(backbone, num_classes, cfg.toolbox, m.head, m.head_channels, m.finetune_backbone)
+    return Segmentor(backbone, num_classes, cfg.toolbox, m.head, m.head_channels, m.finetune_backbone, m.head_kwargs)
 
 
 class SegmentationTask(L.LightningModule):
@@ -66,11 +66,14 @@ class SegmentationTask(L.LightningModule):
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self.model(batch["image"])
-        loss = cross_entropy(logits, batch["mask"])
+        loss = self.loss(batch["image"], batch["mask"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         self.log("train/active_slots", float(len(self.model.toolbox.active_slots())), batch_size=1)
         return loss
+
+    def loss(self, images: Tensor, masks: Tensor) -> Tensor:
+        """The training loss: the head's own (Mask2Former's matched losses) or pixel cross-entropy."""
+        return segmentation_loss(self.model, self.model.head_outputs(images), masks)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Inactive slots must not move: drop any gradient (e.g. zeros filled in by DDP) before the step."""
