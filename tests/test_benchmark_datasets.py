@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from benchmark_fixtures import save, write_casid, write_mmseg, write_rescuenet
-from crossearth_gate.data import DomainSpec, get_dataset_info, list_pairs, read_mask
+from crossearth_gate.data import DomainSpec, SegmentationDataset, get_dataset_info, list_pairs, read_mask
+from crossearth_gate.data.datasets import fit_within
 from crossearth_gate.errors import UserError
 
 CASID = get_dataset_info("casid")
@@ -69,6 +71,25 @@ def test_rescuenet_pairs_and_reduce_zero_label(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_mask(save(tmp_path / "m.png", raw), RESCUENET), expected)
     with pytest.raises(UserError, match=r"label values 6 out of range for 'rescuenet' \(allowed 1\.\.5, 255, 0 = "):
         read_mask(save(tmp_path / "bad.png", np.array([[1, 6]])), RESCUENET)
+
+
+def test_rescuenet_is_read_shrunk_to_fit_512_as_the_benchmark_does(tmp_path: Path) -> None:
+    """CrossEarth's RescueNet pipelines resize the drone images to fit 512 x 512 (keeping the aspect ratio)."""
+    image = tmp_path / "test-org-img" / "1.jpg"
+    image.parent.mkdir()
+    Image.fromarray(np.zeros((768, 1024, 3), np.uint8)).save(image)
+    raw = np.ones((768, 1024), np.uint8)  # building (id 2) on the right half, impervious surface (id 1) left
+    raw[:, 512:] = 2
+    save(tmp_path / "test-label-img" / "1_lab.png", raw)
+    dataset = SegmentationDataset.from_spec(DomainSpec("rescuenet", str(tmp_path)), lambda i, m: (i, m))
+    image_array, mask = dataset.arrays(0)
+    assert image_array.shape == (384, 512, 3) and mask.shape == (384, 512)
+    expected = np.zeros((384, 512), np.uint8)
+    expected[:, 256:] = 1
+    np.testing.assert_array_equal(mask, expected)  # nearest label: no blended ids at the border
+    small = np.zeros((30, 40, 3), np.uint8)
+    assert fit_within(small, None, 512)[0] is small, "smaller images are never enlarged"
+    assert get_dataset_info("potsdam_rescue").fit_size is None, "Potsdam tiles are read as stored"
 
 
 @pytest.mark.parametrize("name", ["potsdam_rescue", "potsdam_rescue_irrg"])

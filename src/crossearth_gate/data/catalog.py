@@ -49,6 +49,7 @@ class DatasetInfo:
     colour_to_label: dict[RGB, int] = field(default_factory=dict, hash=False)
     img_suffix: str = ".png"
     seg_suffix: str = ".png"
+    fit_size: int | None = None  # read images (and masks) rescaled so the longer side is this (None: as stored)
 
     @property
     def num_classes(self) -> int:
@@ -79,8 +80,9 @@ DATASETS: dict[str, DatasetInfo] = {
         "dubai", DUBAI_CLASSES, DUBAI_PALETTE, "dubai", False, "colour", _DUBAI_COLOURS, ".jpg", ".png"
     ),
     "casid": DatasetInfo("casid", CASID_CLASSES, CASID_PALETTE, "casid", False, "index", {}, ".png", "-label.png"),
+    # CrossEarth's RescueNet pipelines shrink the 4000 x 3000 drone images to fit 512 x 512 (near Potsdam's GSD)
     "rescuenet": DatasetInfo(
-        "rescuenet", RESCUE_CLASSES, RESCUE_PALETTE, "rescuenet", True, "index", {}, ".jpg", "_lab.png"
+        "rescuenet", RESCUE_CLASSES, RESCUE_PALETTE, "rescuenet", True, "index", {}, ".jpg", "_lab.png", 512
     ),
     "potsdam_rescue": _potsdam_rescue("potsdam_rescue"),
     "potsdam_rescue_irrg": _potsdam_rescue("potsdam_rescue_irrg"),

@@ -66,6 +66,21 @@ def _check_labels(raw: np.ndarray, path: Path, info: DatasetInfo) -> np.ndarray:
     return label.astype(np.uint8)
 
 
+def fit_within(image: np.ndarray, mask: np.ndarray | None, size: int) -> Arrays:
+    """Shrink so the longer side is ``size``, keeping the aspect ratio (mmseg's keep-ratio ``Resize`` to a
+    square scale): a release whose benchmark shrinks its images this way is read at that resolution. Smaller
+    images stay as they are; masks take the nearest label, so ids never blend."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    if scale >= 1:
+        return image, mask
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = np.asarray(Image.fromarray(image).resize(new_size, Image.Resampling.BILINEAR))
+    if mask is not None:
+        mask = np.asarray(Image.fromarray(mask).resize(new_size, Image.Resampling.NEAREST))
+    return image, mask
+
+
 def _colour_to_label(rgb: np.ndarray, path: Path, info: DatasetInfo) -> np.ndarray:
     codes = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
     known = sorted(((r << 16) | (g << 8) | b, label) for (r, g, b), label in info.colour_to_label.items())
@@ -122,6 +137,8 @@ class SegmentationDataset(Dataset):
             if mask.shape != image.shape[:2]:
                 (h, w), (mh, mw) = image.shape[:2], mask.shape
                 raise UserError(f"image {image_path} is {w}x{h} but its mask {mask_path} is {mw}x{mh}")
+        if self.info.fit_size is not None:
+            image, mask = fit_within(image, mask, self.info.fit_size)
         if self._cache is not None:
             self._cache[index] = (image, mask)
         return image, mask
