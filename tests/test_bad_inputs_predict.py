@@ -207,3 +207,31 @@ def test_report_never_writes_into_a_run_folder(where: str, run: Path, tmp_path: 
                                                capsys: pytest.CaptureFixture[str]) -> None:
     cli(capsys, tmp_path, ["report", run, "--out", run / where], 2, "lies in the run folder")
     assert not (run / "report").exists()
+
+
+def _junk(d: Path) -> Path:
+    (d / "junk.pth").write_bytes(b"junk")
+    return d / "junk.pth"
+
+
+# weights convert: name -> (source file or name, extra arguments, what the one line must name)
+CONVERT_CASES = {
+    "garbage_source": (_junk, [], "junk.pth"),
+    "missing_source": (lambda d: d / "missing.pth", [], "missing.pth"),
+    "out_not_safetensors": (_junk, [], "must be a .safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONVERT_CASES))
+def test_bad_weights_convert(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make, extra, needle = CONVERT_CASES[case]
+    source = make(tmp_path)
+    out = tmp_path / ("w.bin" if case == "out_not_safetensors" else "w.safetensors")
+    cli(capsys, tmp_path, ["weights", "convert", source, "--out", out, *extra], 2, needle)
+    assert not out.exists()
+
+
+def test_weights_convert_never_overwrites_its_source(run: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    source = run / "trainable.safetensors"
+    cli(capsys, tmp_path, ["weights", "convert", source, "--out", source], 2, "overwrite the input")
