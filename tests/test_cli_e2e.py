@@ -72,7 +72,8 @@ def test_fit_writes_every_artefact(tiny_run: Path) -> None:
     assert gates["k"] == 3 and gates["selector"] == "fisher"
     assert [s["step"] for s in gates["selections"]] == [0, 2]
     for selection in gates["selections"]:
-        assert set(selection) == {"step", "raw", "normalized", "active"}
+        assert set(selection) == {"step", "raw", "normalized", "active", "data"}
+        assert selection["data"] == "source", "a DG gate scores labelled source images"
         assert len(selection["active"]) == 3 and len(selection["raw"]) == 12
     assert (tiny_run / "gate_map.png").stat().st_size > 0
     assert (tiny_run / "checkpoints" / "last.ckpt").is_file()
