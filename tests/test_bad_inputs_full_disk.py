@@ -81,10 +81,11 @@ def test_full_disk_during_export_keeps_the_earlier_export(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_full_disk_during_fit_keeps_the_earlier_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gate", ["true", "false"])  # without the gate, torch.save meets the full disk first
+def test_full_disk_during_fit_keeps_the_earlier_checkpoint(gate: str, tmp_path: Path) -> None:
     """A finished 2-step run continued to 4 steps on a full disk: its checkpoint and weights stay as they were."""
     run = tmp_path / "run"
-    argv = ["fit", "--config", "demo", "--out", str(run), *TINY]
+    argv = ["fit", "--config", "demo", "--out", str(run), *TINY, f"gate.enabled={gate}"]
     assert main([*argv, "train.max_steps=2"]) == 0
     kept = [run / "checkpoints" / "last.ckpt", run / "trainable.safetensors", run / "metrics.json"]
     before = [digest(p) for p in kept]
