@@ -153,11 +153,13 @@ def _argv(command: str, out: Path, run: Path, tmp_path: Path) -> list[object]:
         "weights": ["weights", "convert", run / "trainable.safetensors", "--out", out / "w.safetensors"],
         "benchmark": ["benchmark", "--out", out / "bench.json"],
         "study": ["study", tmp_path / "study.yaml", "--out", out],
+        "table": ["table", run, "--out", out / "table.md"],
     }[command]
 
 
 @pytest.mark.parametrize("place", sorted(OUT_PLACES))
-@pytest.mark.parametrize("command", ["fit", "demo", "predict", "report", "export", "weights", "benchmark", "study"])
+@pytest.mark.parametrize("command", ["fit", "demo", "predict", "report", "export", "weights", "benchmark", "study",
+                                     "table"])
 def test_out_in_an_impossible_place(command: str, place: str, run: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     make, needle = OUT_PLACES[place]
