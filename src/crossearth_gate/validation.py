@@ -3,7 +3,8 @@
 They run before anything is written or trained, so a bad value never costs a half-made run folder or
 a traceback minutes into training. ``check_values`` is cheap (plain Python, called by ``load_config``);
 ``check_runtime`` builds the backbone's skeleton on the meta device (no memory, no weights) to learn its
-patch size and depth, asks Lightning about the trainer values, and looks at the source images' sizes.
+patch size and depth, asks Lightning about the trainer values, lists every domain's folders (no image is
+read) and looks at the source images' sizes.
 """
 
 from __future__ import annotations
@@ -188,14 +189,25 @@ def _check_geometry(cfg: RunConfig, patch: int, depth: int) -> None:
     _require(lowest is None or lowest < depth, "gate.budget.lowest_block", f"must be < the depth {depth}", lowest)
 
 
+def _source_images(cfg: RunConfig) -> list[Path]:
+    """The source images, after checking that every domain's folders and pairs exist (listing, no reading)."""
+    from .data.catalog import list_pairs
+
+    d = cfg.data
+    for spec in (d.val, *d.targets.values()):
+        if spec is not None:
+            list_pairs(spec)
+    if d.unlabelled_target is not None:
+        list_pairs(d.unlabelled_target, labelled=False)
+    return [image for image, _ in list_pairs(d.source)]
+
+
 def _warn_crop_size(cfg: RunConfig) -> None:
     """A crop far larger than every source image trains mostly on padding: legal, but almost surely a slip."""
     from PIL import Image
 
-    from .data.catalog import list_pairs
-
     largest = 0
-    for image, _ in list_pairs(cfg.data.source):
+    for image in _source_images(cfg):
         try:
             with Image.open(image) as im:
                 largest = max(largest, *im.size)
