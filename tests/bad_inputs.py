@@ -21,30 +21,11 @@ from crossearth_gate.backbones import build_backbone
 from crossearth_gate.cli import main
 from crossearth_gate.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
+from test_cli_e2e import TINY  # noqa: F401  (re-exported: the suite's tiny ViT on one demo tile)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "src/crossearth_gate/demo_data/dubai"
 ERROR = "crossearth-gate: error: "
-
-# A tiny ViT on one demo tile: every case that gets as far as training would take about a second.
-TINY = [
-    "model.weights=none",
-    "model.backbone_kwargs={embed_dim: 32, depth: 4, num_heads: 2}",
-    "model.head_channels=16",
-    "data.crop_size=56",
-    "data.batch_size=2",
-    "data.source.tiles=[1]",
-    "data.targets={tile_5: {dataset: dubai, root: '{demo_data}/dubai', tiles: [5]}}",
-    "eval.window=224",
-    "eval.stride=224",
-    "eval.samples_per_domain=1",
-    "train.val_every=2",
-    "train.warmup_steps=1",
-    "train.progress=false",
-    "gate.every=2",
-    "gate.num_samples=2",
-    "gate.k=3",
-]
 
 
 def snapshot(root: Path) -> dict[str, str]:
