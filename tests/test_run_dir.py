@@ -106,3 +106,16 @@ def test_a_checkpoint_beyond_max_steps_is_refused(finished: Path, capsys: pytest
     assert "beyond train.max_steps=1" in one_error(capsys)
     assert snapshot(finished) == before
     assert torch.load(finished / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
+def test_keys_added_to_the_package_after_a_run_started_count_only_when_not_default() -> None:
+    from crossearth_gate.config import config_to_dict, load_config
+    from crossearth_gate.training.run_dir import config_changes
+
+    cfg = load_config("demo", TINY)
+    saved = config_to_dict(cfg)
+    del saved["gate"]["fisher_method"], saved["adaptation"]  # written by an older version without these keys
+    assert config_changes(saved, cfg) == []
+    assert config_changes(saved, load_config("demo", [*TINY, "gate.fisher_method=vmap"])) == ["gate.fisher_method"]
+    saved["train"]["lr"] = 0.5
+    assert config_changes(saved, cfg) == ["train.lr"]

@@ -52,8 +52,13 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
-    """Keys (outside RESUMABLE) whose value differs between the saved config and ``cfg``."""
-    old, new = _flatten(saved), _flatten(config_to_dict(cfg))
+    """Keys (outside RESUMABLE) whose value differs between the saved config and ``cfg``.
+
+    A key the saved config lacks was added to the package after that run started; the run was made
+    with what is now its default, so only a value other than the default counts as a change.
+    """
+    new = _flatten(config_to_dict(cfg))
+    old = {**_flatten(config_to_dict(RunConfig())), **_flatten(saved)}
     keys = sorted(set(old) | set(new))
     return [k for k in keys if old.get(k, "<unset>") != new.get(k, "<unset>") and not k.startswith(RESUMABLE)]
 
