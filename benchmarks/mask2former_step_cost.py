@@ -45,6 +45,7 @@ def step_cost(backbone: str, size: int, batch: int, device: str) -> dict[str, An
     """One forward + backward, counted. On ``meta`` (no data, no memory: ViT-L costs nothing) the loss is the
     sum of every head output, which sends gradients through the same tensors as Mask2Former's loss (its
     matching and point sampling, uncounted either way, need real numbers); on ``cpu`` it is the real loss."""
+    from crossearth_gate.benchmark_measure import counting_saved_bytes
     from crossearth_gate.config import load_config
     from crossearth_gate.training.task import build_segmentor
 
@@ -59,19 +60,12 @@ def step_cost(backbone: str, size: int, batch: int, device: str) -> dict[str, An
     masks[:, : size // 2] = 1
     masks[:, size // 2 :, size // 2 :] = 2
     tokens = (size // model.backbone.patch_size) ** 2 + model.backbone.info.num_prefix_tokens
-    saved = {"activations": 0, "attention_maps": 0}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        kind = "attention_maps" if t.dim() >= 2 and tuple(t.shape[-2:]) == (tokens, tokens) else "activations"
-        saved[kind] += t.numel() * t.element_size()
-        return t
-
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rss_before = _rss_bytes()
     counter = FlopCounterMode(display=False)
     start = time.perf_counter()
     with counter:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with counting_saved_bytes(attention_tokens=tokens) as saved:
             loss = _loss(model, model.head_outputs(images), masks, device)
         forward = counter.get_total_flops()
         loss.backward()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from crossearth_gate.benchmark_measure import counting_saved_bytes
 from crossearth_gate.config import load_config
 from crossearth_gate.training.losses import cross_entropy
 from crossearth_gate.training.task import build_segmentor
@@ -40,16 +41,9 @@ def step_cost(backbone: str, size: int, batch: int, overrides: list[str]) -> dic
     images = torch.empty(batch, 3, size, size, device="meta")
     masks = torch.zeros(batch, size, size, dtype=torch.long, device="meta")
     tokens = (size // model.backbone.patch_size) ** 2 + model.backbone.info.num_prefix_tokens
-    saved = {"activations": 0, "attention_maps": 0}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        kind = "attention_maps" if t.dim() >= 2 and tuple(t.shape[-2:]) == (tokens, tokens) else "activations"
-        saved[kind] += t.numel() * t.element_size()
-        return t
-
     counter = FlopCounterMode(display=False)
     with counter:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with counting_saved_bytes(attention_tokens=tokens) as saved:
             loss = cross_entropy(model(images), masks)
         forward = counter.get_total_flops()
         loss.backward()

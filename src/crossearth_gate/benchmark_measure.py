@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -77,21 +78,32 @@ def median_step_s(model: Segmentor, images: Tensor, masks: Tensor, warmup: int, 
     return statistics.median(times)
 
 
-def saved_activation_bytes(model: Segmentor, images: Tensor, masks: Tensor) -> int:
-    """Bytes of tensors autograd keeps for backward: the activation memory that early stopping saves."""
-    total = 0
+@contextmanager
+def counting_saved_bytes(attention_tokens: int | None = None) -> Iterator[dict[str, int]]:
+    """Bytes of the tensors autograd keeps for backward inside the block: the activation memory a step needs.
+
+    With ``attention_tokens`` T, attention probability maps (... x T x T) are counted apart: the CPU's math
+    kernel saves them, CUDA's fused kernels do not.
+    """
+    saved = {"activations": 0, "attention_maps": 0}
 
     def pack(t: Tensor) -> Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
+        is_map = attention_tokens is not None and t.dim() >= 2 and tuple(t.shape[-2:]) == (attention_tokens,) * 2
+        saved["attention_maps" if is_map else "activations"] += t.numel() * t.element_size()
         return t
 
-    model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
+
+
+def saved_activation_bytes(model: Segmentor, images: Tensor, masks: Tensor) -> int:
+    """Bytes of tensors autograd keeps for backward: the activation memory that early stopping saves."""
+    model.train()
+    with counting_saved_bytes() as saved:
         loss = cross_entropy(model(images), masks)
     loss.backward()
     model.zero_grad(set_to_none=True)
-    return total
+    return saved["activations"]
 
 
 def profile_table(model: Segmentor, images: Tensor, masks: Tensor, rows: int = 30) -> str:
