@@ -28,8 +28,8 @@ CONFIG_OVERRIDES: dict[str, list[str]] = {
     "gated": [],
     "compute-aware": [],
     "lora": ["toolbox.types=[spatial]"],
-    "full-finetune": ["toolbox.types=[]", "model.finetune_backbone=true"],
-    "frozen": ["toolbox.types=[]"],
+    "full-finetune": ["toolbox.types=[]", "gate.enabled=false", "model.finetune_backbone=true"],
+    "frozen": ["toolbox.types=[]", "gate.enabled=false"],
 }
 
 
