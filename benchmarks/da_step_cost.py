@@ -28,21 +28,20 @@ for name in ("dubai_dg", "dubai_da"):
     prepare_adaptation(cfg, task, dm)
     task.log = lambda *a, **k: None  # no trainer here: logging is not part of the step's cost
     opt = torch.optim.AdamW([p for n, p in task.model.named_parameters() if not n.startswith("backbone.")], lr=3e-4)
-    tasks[name] = (task, opt, forever(dm), dm)
+    tasks[name] = (task, opt, forever(dm))
 times = {name: [] for name in tasks}
 for _ in range(rounds):  # alternate single steps, so both see the same load
-    for name, (task, opt, it, dm) in tasks.items():
+    for name, (task, opt, it) in tasks.items():
         task.train()
-        for _ in range(1):
-            batch = next(it)
-            start = time.perf_counter()
-            loss = task.training_step(batch, 0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if name == "dubai_da":
-                task.on_train_batch_end(None, batch, 0)
-            times[name].append(time.perf_counter() - start)
+        batch = next(it)
+        start = time.perf_counter()
+        loss = task.training_step(batch, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if name == "dubai_da":
+            task.on_train_batch_end(None, batch, 0)
+        times[name].append(time.perf_counter() - start)
 for name, t in times.items():
     print(f"{name}: median {statistics.median(t):.3f} s/step over {len(t)} steps (min {min(t):.3f})")
 print(f"ratio DA/DG: {statistics.median(times['dubai_da']) / statistics.median(times['dubai_dg']):.2f}")
