@@ -198,10 +198,15 @@ def test_mismatched_artefact_is_rejected(tmp_path: Path) -> None:
     path = save_trainable(tmp_path / "mixed.safetensors", small, spec_big)
     with pytest.raises(UserError, match="mixed.safetensors"):
         load_trainable(path)
-    fewer_types = seeded_segmentor(0, ToolboxConfig(types=("spatial",)), ["spatial.1"])
-    path = save_trainable(tmp_path / "types.safetensors", fewer_types, spec_big)
-    with pytest.raises(UserError, match="types.safetensors"):
+    # never-trained slots are not stored, but a slot the spec says is active must have its weights
+    fewer_types = seeded_segmentor(0, ToolboxConfig(lora_rank=4, types=("spatial",)), ["spatial.1"])
+    both_active = seeded_segmentor(0, ToolboxConfig(lora_rank=4), ["spatial.1", "semantic.1"])
+    spec_both = spec_of(both_active, CLASSES, PALETTE, 0, 32, "fpn", 16)
+    path = save_trainable(tmp_path / "types.safetensors", fewer_types, spec_both)
+    with pytest.raises(UserError, match=r"types.safetensors.*missing \['toolbox.slots.semantic.1"):
         load_trainable(path)
+    consistent = save_trainable(tmp_path / "spatial_only.safetensors", fewer_types, spec_big)
+    assert load_trainable(consistent)[1].active == ["spatial.1"]  # the untrained types' slots were never stored
 
 
 def test_missing_or_corrupt_artefact_is_rejected(tmp_path: Path) -> None:
