@@ -396,3 +396,15 @@ def test_paper_da_benchmarks_adapt_on_target_train_and_score_target_val() -> Non
         assert (target.dataset, target.split) == (unlabelled.dataset, "val"), name
         val = cfg.data.val
         assert (val.dataset == cfg.data.source.dataset) if val else cfg.data.val_fraction > 0, "selection on source"
+
+
+def test_a_da_config_resumes_into_its_own_folder() -> None:
+    """Domains that default to None (unlabelled_target, val) are no change when the saved config has them."""
+    from crossearth_gate.config import config_to_dict
+    from crossearth_gate.training.run_dir import config_changes
+
+    val = "data.val={dataset: dubai, root: '{demo_data}/dubai', tiles: [4]}"
+    cfg = load_config("dubai_da", [val])
+    assert config_changes(config_to_dict(cfg), cfg) == []
+    other = load_config("dubai_da", [val, "data.unlabelled_target.tiles=[5]"])
+    assert config_changes(config_to_dict(cfg), other) == ["data.unlabelled_target.tiles"]

@@ -58,7 +58,9 @@ def config_changes(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
     with what is now its default, so only a value other than the default counts as a change.
     """
     new = _flatten(config_to_dict(cfg))
-    old = {**_flatten(config_to_dict(RunConfig())), **_flatten(saved)}
+    given = _flatten(saved)
+    defaults = _flatten(config_to_dict(RunConfig()))  # minus the None defaults the saved config fills in
+    old = {**{k: v for k, v in defaults.items() if not any(g.startswith(f"{k}.") for g in given)}, **given}
     keys = sorted(set(old) | set(new))
     return [k for k in keys if old.get(k, "<unset>") != new.get(k, "<unset>") and not k.startswith(RESUMABLE)]
 
