@@ -4,7 +4,6 @@ checkpoint and come back, and a killed DA run continues exactly."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -107,7 +106,7 @@ def test_teacher_and_da_state_round_trip(maskless_root: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_da_run_resumes_exactly(maskless_root: Path, tmp_path: Path) -> None:
-    from test_resume import SETTINGS, assert_same, checkpoint_step, command, outcome, run_killed
+    from test_resume import SETTINGS, assert_same, checkpoint_step, command, outcome, run_killed, same_threads_env
 
     extra = [*da_settings(maskless_root)[len(TINY):], "gate.every=3"]
     reference = tmp_path / "uninterrupted"
@@ -115,8 +114,7 @@ def test_killed_da_run_resumes_exactly(maskless_root: Path, tmp_path: Path) -> N
     killed = tmp_path / "killed"
     run_killed(killed, extra, after_step=4)
     assert checkpoint_step(killed / "checkpoints" / "last.ckpt") is not None
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(command(killed, extra), env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command(killed, extra), env=same_threads_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming" in proc.stderr
     assert_same(outcome(reference), outcome(killed))

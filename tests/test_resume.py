@@ -41,9 +41,15 @@ def checkpoint_step(path: Path) -> int | None:
         return None
 
 
+def same_threads_env() -> dict[str, str]:
+    """The environment for a fit subprocess that computes as this process does: CPU kernels sum in an order
+    that depends on the thread count, so a run resumed with other threads differs in the last bits."""
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
 def run_killed(out: Path, extra: list[str], after_step: int) -> None:
     """Start the fit, SIGKILL it as soon as its last.ckpt is at ``after_step`` or later."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = same_threads_env()
     proc = subprocess.Popen(command(out, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last = out / "checkpoints" / "last.ckpt"
     try:
