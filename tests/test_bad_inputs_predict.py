@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from PIL import Image
-from rasterio.transform import from_origin
 
 from bad_inputs import cli, rgb_png, tiny_model
 from crossearth_gate.cli import main
+from test_predict import write_geotiff as geotiff
 
 
 @pytest.fixture()
@@ -27,13 +26,6 @@ def run(tmp_path: Path) -> Path:
     return folder
 
 
-def geotiff(path: Path, data: np.ndarray, nodata: float | None = None) -> Path:
-    profile = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1], "width": data.shape[2],
-               "dtype": data.dtype, "crs": "EPSG:32632", "transform": from_origin(500000, 5200000, 0.5, 0.5),
-               "nodata": nodata}
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path
 
 
 def _truncated(path: Path) -> Path:
