@@ -71,6 +71,7 @@ BAD_OVERRIDES = [
     ("toolbox.types=[colour]", "colour"),
     ("toolbox.frequency_cutoff=0", "toolbox.frequency_cutoff"),
     ("toolbox.lora_rank=0", "toolbox.lora_rank"),
+    ("toolbox.up_init_std=-0.01", "toolbox.up_init_std"),
     ("name=../elsewhere", "name"),
     ("train.lrr=1", "train.lrr"),
     ("train.max_steps=abc", "train.max_steps"),

@@ -274,3 +274,43 @@ def test_parameter_counts_match_closed_form(shape: str) -> None:
 def test_vit_l_sizes_follow_paper() -> None:
     assert ToolboxConfig().sizes(1024) == {"lora_rank": 64, "adapter_dim": 64, "frequency_dim": 32}
     assert ToolboxConfig(lora_rank=8).sizes(1024)["lora_rank"] == 8
+
+
+# ---------------------------------------------------------------- the output matrices' initialisation
+
+
+def output_weights(tb: Toolbox) -> dict[str, Tensor]:
+    return {n: p for n, p in tb.named_parameters() if n.endswith(("b_q", "b_v", "up.weight"))}
+
+
+def test_zero_start_gives_zero_gradient_upstream_of_the_output_matrices() -> None:
+    """Why a selection at step 0 sees only the output matrices: every weight before them gets a 0 gradient."""
+    block, x, prefix = block_and_tokens("dinov2")
+    grads = {}
+    for std in (0.0, 0.02):
+        tb = toolbox(up_init_std=std)
+        for layer in range(TINY_DEPTH):
+            x_out = run_block(block, x, layer, GRID, prefix, tb)
+            x_out.square().sum().backward()
+        grads[std] = {n: p.grad for n, p in tb.named_parameters() if p.grad is not None}
+    upstream = [n for n in grads[0.0] if n.endswith(("a_q", "a_v", "down.weight", "down.bias", "router.weight",
+                                                       "router.bias"))]
+    assert len(upstream) == TINY_DEPTH * (2 + 2 + 3 * 2 + 2)  # A_q, A_v; adapter down; 3 experts' downs; router
+    for name in upstream:
+        assert torch.count_nonzero(grads[0.0][name]) == 0, name
+        assert torch.count_nonzero(grads[0.02][name]) > 0, name
+    for name in output_weights(toolbox()):
+        assert torch.count_nonzero(grads[0.0][name]) > 0, name  # the output matrices do learn from step 0
+
+
+def test_up_init_std_draws_only_the_output_matrices() -> None:
+    zero, drawn = toolbox(), toolbox(up_init_std=0.05)
+    outputs = output_weights(zero)
+    assert len(outputs) == TINY_DEPTH * (2 + 1 + 3)  # B_q, B_v; adapter up; 3 experts' ups
+    assert all(torch.count_nonzero(w) == 0 for w in outputs.values())
+    values = torch.cat([w.flatten() for n, w in drawn.named_parameters() if n in outputs])
+    assert values.mean().abs() < 0.005 and abs(values.std().item() - 0.05) < 0.005  # ~N(0, 0.05²)
+    drawn_state = drawn.state_dict()
+    for name, value in zero.state_dict().items():  # the draws come after every other initialisation
+        if name not in outputs:
+            assert torch.equal(value, drawn_state[name]), name

@@ -74,6 +74,8 @@ def check_values(cfg: RunConfig) -> None:
     _require(0 < t.frequency_cutoff <= 1, "toolbox.frequency_cutoff", "must be in (0, 1]", t.frequency_cutoff)
     for key in ("adapter_scale", "frequency_scale_init"):
         _require(math.isfinite(getattr(t, key)), f"toolbox.{key}", "must be finite", getattr(t, key))
+    _require(math.isfinite(t.up_init_std) and t.up_init_std >= 0, "toolbox.up_init_std", "must be >= 0",
+             t.up_init_std)
 
     g = cfg.gate
     _require(g.selector in SELECTORS, "gate.selector", f"must be one of {list(SELECTORS)}", g.selector)

@@ -21,6 +21,10 @@ class Bottleneck(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.up(self.act(self.down(x)))
 
+    def output_weights(self) -> list[nn.Parameter]:
+        """The zero-initialised up-projection weight (its bias stays 0)."""
+        return [self.up.weight]
+
 
 class ParallelAdapter(nn.Module):
     """T̂_{i+1} = T̂_i + LS(MLP(norm(T̂_i))) + s·Adapter(T̂_i): the adapter sees the post-attention state.
@@ -35,3 +39,6 @@ class ParallelAdapter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bottleneck(x) * self.scale
+
+    def output_weights(self) -> list[nn.Parameter]:
+        return self.bottleneck.output_weights()

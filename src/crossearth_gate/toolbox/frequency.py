@@ -76,3 +76,7 @@ class FrequencyAdapter(nn.Module):
                     enumerate(zip(self.experts, views, strict=True)))
         delta = mixed * self.scale
         return torch.cat([torch.zeros_like(tokens[:, :num_prefix]), delta], dim=1)
+
+    def output_weights(self) -> list[nn.Parameter]:
+        """The experts' zero-initialised up-projections."""
+        return [w for expert in self.experts for w in expert.output_weights()]

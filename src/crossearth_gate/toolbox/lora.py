@@ -33,6 +33,10 @@ class QueryValueLoRA(nn.Module):
         dv = (x @ self.a_v.t()) @ self.b_v.t()
         return dq * self.scaling, dv * self.scaling
 
+    def output_weights(self) -> list[nn.Parameter]:
+        """The zero-initialised matrices (B_q, B_v): what ``toolbox.up_init_std`` draws at random instead."""
+        return [self.b_q, self.b_v]
+
     @torch.no_grad()
     def merge_into(self, qkv: nn.Linear) -> None:
         """Fold the low-rank deltas into a fused qkv weight (for inference: no extra cost)."""

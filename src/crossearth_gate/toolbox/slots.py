@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,6 +33,10 @@ class ToolboxConfig:
     frequency_dim: int | None = None  # default width/32
     frequency_cutoff: float = 0.25
     frequency_scale_init: float = 0.1
+    # std of a normal draw for the output matrices that are otherwise 0 (LoRA's B, the up-projections).
+    # 0 keeps the usual zero start (an untrained slot changes nothing); > 0 gives the Fisher gate non-zero
+    # gradients upstream of those matrices at its first selection, at the cost of a perturbed start.
+    up_init_std: float = 0.0
 
     def __post_init__(self) -> None:
         self.types = tuple(self.types)
@@ -77,8 +82,18 @@ class Toolbox(nn.Module):
             {t: nn.ModuleList(builders[t]() for _ in range(depth)) for t in SLOT_TYPES if t in config.types}
         )
         self.slot_names = [slot_name(t, i) for t in self.slots for i in range(depth)]
+        self._draw_output_weights(config.up_init_std)
         self._active: set[str] = set()
         self.set_active(self.slot_names)
+
+    @torch.no_grad()
+    def _draw_output_weights(self, std: float) -> None:
+        """Replace the zero output matrices by N(0, std²) draws; std 0 draws nothing (the RNG is untouched)."""
+        if std == 0:
+            return
+        for name in self.slot_names:
+            for weight in self.slot_module(name).output_weights():
+                weight.normal_(0.0, std)
 
     def active_slots(self) -> list[str]:
         return [n for n in self.slot_names if n in self._active]
