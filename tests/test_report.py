@@ -140,6 +140,27 @@ def test_colliding_run_names_are_made_unique(runs: list[Path], tmp_path: Path) -
     assert names == ["gate_k3", "gate_k3-2"]
 
 
+def test_a_da_run_shows_its_teacher_confidence(runs: list[Path], tmp_path: Path) -> None:
+    """Drawn from the run's log with the run's own τ; a DG run (no train.adaptation) gets no such figure."""
+    gated = runs[0]
+    config = {"name": "gate_k3", "train": {"adaptation": "dacs"}, "adaptation": {"confidence": 0.9}}
+    (gated / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = ["step,train/loss,dacs/confidence,dacs/confident_share"]
+    rows += [f"{s},1.0,{0.5 + s / 400:.3f},{s / 200:.3f}" for s in range(0, 200, 10)]
+    (gated / "logs" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "report"
+    text = write_report(runs, out).read_text()
+    with Image.open(out / "pseudo_confidence_gate_k3.png") as im:
+        im.verify()
+    assert "](pseudo_confidence_gate_k3.png)" in text
+    assert not (out / "pseudo_confidence_frozen.png").exists()
+
+    config["train"]["adaptation"] = "none"
+    (gated / "config.yaml").write_text(yaml.safe_dump(config))
+    write_report(runs, tmp_path / "report_dg")
+    assert not list((tmp_path / "report_dg").glob("pseudo_confidence_*.png"))
+
+
 def test_missing_metrics_json_is_a_user_error(runs: list[Path], tmp_path: Path) -> None:
     (runs[1] / "metrics.json").unlink()
     with pytest.raises(UserError, match="metrics.json"):

@@ -17,7 +17,7 @@ import yaml
 
 from crossearth_gate.atomic import atomic_write_json, atomic_write_text
 from crossearth_gate.errors import UserError
-from crossearth_gate.plots import plot_gate_map, plot_per_class_iou, plot_training_curves
+from crossearth_gate.plots import plot_gate_map, plot_per_class_iou, plot_pseudo_confidence, plot_training_curves
 
 SOURCE_DOMAIN = "source_val"
 MAX_SAMPLES = 6
@@ -188,7 +188,7 @@ def _link(out_dir: Path, path: Path, alt: str) -> str:
 
 
 def _run_section(run: Run, record: dict[str, Any], out_dir: Path) -> list[str]:
-    """Per-run figures (gate map, curves, samples) and the markdown that shows them."""
+    """Per-run figures (gate map, curves, a DA run's teacher confidence, samples) and the markdown for them."""
     lines = [f"### {run.name}", "", f"- directory: `{record['dir']}`",
              f"- backbone: {_cell(record['backbone'])} (weights: {_cell(record['weights'])})"]
     if record["trainable_params"] is not None and record["total_params"]:
@@ -208,6 +208,15 @@ def _run_section(run: Run, record: dict[str, Any], out_dir: Path) -> list[str]:
             lines += ["**Training curves**", "", _link(out_dir, fig, f"curves {run.name}"), ""]
         except UserError as exc:
             lines += [f"Training curves: skipped ({exc}).", ""]
+    threshold = _dig(run.config, "adaptation.confidence")
+    if log.is_file() and _dig(run.config, "train.adaptation") not in (None, "none") and \
+            isinstance(threshold, int | float):
+        try:
+            fig = plot_pseudo_confidence(log, out_dir / f"pseudo_confidence_{run.slug}.png", float(threshold))
+            lines += ["**Teacher confidence (domain adaptation)**", "", _link(out_dir, fig, f"confidence {run.name}"),
+                      ""]
+        except UserError as exc:
+            lines += [f"Teacher confidence: skipped ({exc}).", ""]
     samples = _pick_samples(run.run_dir)
     if samples:
         dest = out_dir / "samples" / run.slug
