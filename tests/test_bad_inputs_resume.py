@@ -90,6 +90,7 @@ def _wrong_model(d: Path) -> Path:
 def test_unusable_weights_file(make: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     weights = make(tmp_path)  # type: ignore[operator]
     cli(capsys, tmp_path, fit_argv(tmp_path / "run", f"model.weights={weights}"), 2, weights.name)
+    assert not (tmp_path / "run").exists(), "a run that never started leaves no folder"
 
 
 @pytest.fixture()
@@ -110,6 +111,7 @@ def test_unreachable_hub_fails_fast_in_one_line(silent_hub: None, tmp_path: Path
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     started = time.monotonic()
     cli(capsys, tmp_path, fit_argv(tmp_path / "run", "model.weights=hub"), 2, "hub")
+    assert not (tmp_path / "run").exists(), "a run that never started leaves no folder"
     assert time.monotonic() - started < 15, "one short probe, not minutes of retried downloads"
 
 

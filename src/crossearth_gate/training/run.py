@@ -107,7 +107,6 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     start = run_folder.prepare(cfg, run_dir, resume)  # before anything in run_dir is written
     if start.metrics is not None:
         return start.metrics
-    run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     info = get_dataset_info(cfg.data.source.dataset)
     validate = cfg.data.val is not None or cfg.data.val_fraction > 0
@@ -117,6 +116,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     datamodule = build_datamodule(cfg, backbone.mean, backbone.std)
     datamodule.setup("fit")
     fisher_data = prepare_adaptation(cfg, task, datamodule)  # None without train.adaptation
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed model or data set-up leaves no empty run
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     callbacks: list[L.Callback] = []
