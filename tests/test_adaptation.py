@@ -329,6 +329,34 @@ def test_target_stream_resumes_exactly_from_its_state() -> None:
     assert stream.epoch >= 2
 
 
+class _Indexed(torch.utils.data.Dataset):
+    """Image i is i + a crop draw in [0, 1): its floor names the image."""
+
+    def __len__(self) -> int:
+        return 5
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"image": torch.full((1, 1, 1), float(i)) + torch.rand(())}
+
+
+def test_ddp_ranks_share_each_pass_without_overlap() -> None:
+    """Independent: the passes' permutations concatenated; rank r takes every world-th image of each stretch."""
+    seed, n, steps = 3, 2, 5
+    order = torch.cat([torch.randperm(5, generator=torch.Generator().manual_seed(seed + 7919 * e)) for e in range(5)])
+    ranks = [TargetStream(_Indexed(), seed) for _ in range(2)]
+    for rank, stream in enumerate(ranks):
+        stream.shard(rank, 2)
+    single = TargetStream(_Indexed(), seed)
+    for step in range(steps):
+        stretch = order[step * 2 * n:(step + 1) * 2 * n].tolist()
+        images = [stream.next_batch(n).flatten() for stream in ranks]
+        for rank in range(2):
+            assert images[rank].floor().long().tolist() == stretch[rank::2]
+        assert not torch.equal(images[0].frac(), images[1].frac()), "each rank crops with its own RNG"
+        assert single.next_batch(n).flatten().floor().long().tolist() == order[step * n:(step + 1) * n].tolist()
+    assert [(s.epoch, s.position) for s in ranks] == [(3, 5), (3, 5)]  # 20 draws over passes of 5: equal on ranks
+
+
 # ----------------------------------------------------------------------------- configs and protocols
 
 

@@ -4,6 +4,7 @@ checkpoint and come back, and a killed DA run continues exactly."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,7 +68,8 @@ def test_checkpoint_holds_the_teacher_but_no_backbone(da_run: Path) -> None:
     assert int(teacher["teacher.updates"]) == ckpt["global_step"], "one EMA update per optimiser step"
     head = [k for k in teacher if k.startswith("teacher.head__")]
     assert head and any(not torch.equal(state[k], state["model." + k[8:].replace("__", ".")]) for k in head)
-    assert set(ckpt["adaptation"]) == {"stream", "mix_rng"}
+    (saved,) = ckpt["adaptation"]["ranks"]  # one process: one rank's target stream and ClassMix RNG
+    assert set(saved) == {"stream", "mix_rng"}
 
 
 def test_teacher_and_da_state_round_trip(maskless_root: Path) -> None:
@@ -88,6 +90,7 @@ def test_teacher_and_da_state_round_trip(maskless_root: Path) -> None:
         return t
 
     first = task()
+    first.start_streams(0, 1)
     first.stream.next_batch(3)
     torch.rand((), generator=first.mix_rng)
     with torch.no_grad():
@@ -98,6 +101,7 @@ def test_teacher_and_da_state_round_trip(maskless_root: Path) -> None:
     second = task()
     second.on_load_checkpoint(checkpoint)
     second.load_state_dict(checkpoint["state_dict"])
+    second.start_streams(0, 1)  # training starts: the saved streams come back
     for name, value in first.teacher.tensors().items():
         assert torch.equal(second.teacher.tensors()[name], value), name
     assert torch.equal(second.stream.next_batch(4), first.stream.next_batch(4))
@@ -138,3 +142,25 @@ def test_a_da_config_trains_with_its_own_mask2former_head(tmp_path: Path, monkey
     assert [s["data"] for s in gates["selections"]] == ["target"]
     header = (out / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "dacs/confidence" in header and "train/loss_mixed" in header
+
+
+@pytest.mark.slow
+def test_killed_two_process_da_run_resumes_exactly(maskless_root: Path, tmp_path: Path) -> None:
+    """Under DDP each rank draws its own target images and crops; every rank's stream comes back on resume."""
+    from test_resume import assert_same, command, outcome, run_killed
+
+    ddp = ["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu"]  # the Fisher gate on pseudo-labels
+    extra = [*da_settings(maskless_root)[len(TINY):], "gate.every=3", *ddp]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    first = subprocess.run(command(reference, extra), env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_killed(killed, extra, after_step=4, env=env)
+    resumed = subprocess.run(command(killed, extra), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr
+    assert_same(outcome(reference), outcome(killed))
+    last = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    streams = [rank["stream"] for rank in last["adaptation"]["ranks"]]
+    assert len(streams) == 2 and not torch.equal(streams[0]["rng_state"], streams[1]["rng_state"])
+    assert streams[0]["epoch"] == streams[1]["epoch"] and streams[0]["position"] == streams[1]["position"]

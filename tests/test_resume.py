@@ -47,16 +47,16 @@ def same_threads_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
-def run_killed(out: Path, extra: list[str], after_step: int) -> None:
-    """Start the fit, SIGKILL it as soon as its last.ckpt is at ``after_step`` or later."""
-    env = same_threads_env()
-    proc = subprocess.Popen(command(out, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def run_killed(out: Path, extra: list[str], after_step: int, env: dict[str, str] | None = None) -> None:
+    """Start the fit, SIGKILL it (and any DDP ranks it launched) once its last.ckpt is at ``after_step`` or later."""
+    proc = subprocess.Popen(command(out, extra), env=env or same_threads_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
     last = out / "checkpoints" / "last.ckpt"
     try:
         while proc.poll() is None:
             step = checkpoint_step(last) if last.is_file() else None
             if step is not None and step >= after_step:
-                proc.send_signal(signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
                 break
             time.sleep(0.005)
         proc.wait(timeout=120)

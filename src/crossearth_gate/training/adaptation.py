@@ -7,6 +7,7 @@ this module only decides when they run and keeps their state in the checkpoint.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -29,14 +30,21 @@ from ..errors import UserError
 from ..heads import has_own_loss
 from ..toolbox.slots import Toolbox
 from .losses import cross_entropy, fisher_loss, per_sample_cross_entropy, segmentation_loss
+from .resume import gather_ranks
 from .task import SegmentationTask
+
+log = logging.getLogger(__name__)
+RANK_SEED_STRIDE = 1_000_003  # rank r's crop and ClassMix streams start from seed + r * stride
 
 
 class TargetStream:
     """Unlabelled target batches: a fresh seeded permutation per pass, crops drawn from the stream's own RNG.
 
-    Its state (pass, position, RNG) goes into the checkpoint, so a resumed run sees the same images with
-    the same crops, whatever else drew random numbers. Images are read in this process (no workers).
+    Under DDP every rank walks the same permutation and takes its own share of each stretch of
+    ``n * world_size`` images (like a distributed sampler), with crops from its own RNG: the ranks see
+    different images, and pass and position stay equal on every rank. Its state (pass, position, RNG)
+    goes into the checkpoint, so a resumed run sees the same images with the same crops, whatever else
+    drew random numbers. Images are read in this process (no workers).
     """
 
     def __init__(self, dataset: Dataset, seed: int):
@@ -44,21 +52,27 @@ class TargetStream:
             raise UserError("the unlabelled target domain has no images")
         self.dataset, self.seed = dataset, seed
         self.epoch, self.position = 0, 0
-        self.rng_state = torch.Generator().manual_seed(seed).get_state()
+        self.shard(0, 1)
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Draw this rank's share from now on, with this rank's fresh crop RNG."""
+        self.rank, self.world_size = rank, world_size
+        self.rng_state = torch.Generator().manual_seed(self.seed + RANK_SEED_STRIDE * rank).get_state()
 
     def _order(self) -> Tensor:
         return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + 7919 * self.epoch))  # type: ignore[arg-type]
 
     def next_batch(self, n: int) -> Tensor:
-        """The next ``n`` target images (n, 3, crop, crop), wrapping into a new pass as needed."""
-        indices: list[int] = []
+        """This rank's next ``n`` target images (n, 3, crop, crop), wrapping into a new pass as needed."""
+        drawn: list[int] = []
         order = self._order()
-        while len(indices) < n:
+        while len(drawn) < n * self.world_size:
             if self.position == len(order):
                 self.epoch, self.position = self.epoch + 1, 0
                 order = self._order()
-            indices.append(int(order[self.position]))
+            drawn.append(int(order[self.position]))
             self.position += 1
+        indices = drawn[self.rank :: self.world_size]
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self.rng_state)
             images = torch.stack([self.dataset[i]["image"] for i in indices])
@@ -79,15 +93,33 @@ class DACSTask(SegmentationTask):
                  target_names: list[str]):
         super().__init__(cfg, classes, palette, target_names)
         self.teacher = EMATeacher(self.model, cfg.adaptation.ema_alpha)
-        self.mix_rng = torch.Generator().manual_seed(cfg.train.seed + 104723)
+        self.mix_rng = torch.Generator()
         self.stream: TargetStream | None = None
-        self._stream_state: dict[str, Any] | None = None
+        self._saved_ranks: list[dict[str, Any]] | None = None  # from a checkpoint, until training starts
 
     def attach(self, unlabelled: Dataset) -> None:
         """Give the task its unlabelled target images (after the data module's setup)."""
         self.stream = TargetStream(unlabelled, self.cfg.train.seed + 7)
-        if self._stream_state is not None:
-            self.stream.load_state_dict(self._stream_state)
+
+    def start_streams(self, rank: int, world_size: int) -> None:
+        """This rank's target share and ClassMix RNG; a resumed run then puts back this rank's saved states."""
+        if self.stream is None:
+            raise RuntimeError("DACSTask.attach() must run before training")
+        self.stream.shard(rank, world_size)
+        self.mix_rng.manual_seed(self.cfg.train.seed + 104723 + RANK_SEED_STRIDE * rank)
+        ranks, self._saved_ranks = self._saved_ranks, None
+        if ranks is None:
+            return
+        if len(ranks) == world_size:
+            self.stream.load_state_dict(ranks[rank]["stream"])
+            self.mix_rng.set_state(ranks[rank]["mix_rng"])
+            return
+        log.warning("the checkpoint holds target streams of %d ranks, this run has %d: the stream goes on from "
+                    "its saved position with fresh crops and mixes", len(ranks), world_size)
+        self.stream.epoch, self.stream.position = ranks[0]["stream"]["epoch"], ranks[0]["stream"]["position"]
+
+    def on_train_start(self) -> None:
+        self.start_streams(self.trainer.global_rank, self.trainer.world_size)
 
     @property
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -142,18 +174,20 @@ class DACSTask(SegmentationTask):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        stream = self.stream.state_dict() if self.stream is not None else self._stream_state
-        checkpoint["adaptation"] = {"stream": stream, "mix_rng": self.mix_rng.get_state()}
+        if self._saved_ranks is not None:  # saved again before training started: keep what was loaded
+            checkpoint["adaptation"] = {"ranks": self._saved_ranks}
+            return
+        if self.stream is None:
+            raise RuntimeError("DACSTask.attach() must run before a checkpoint is saved")
+        local = {"stream": self.stream.state_dict(), "mix_rng": self.mix_rng.get_state()}
+        checkpoint["adaptation"] = {"ranks": gather_ranks(local)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("adaptation")
         if state is None:
             raise UserError("the checkpoint has no adaptation state: it comes from a run without train.adaptation")
-        self.mix_rng.set_state(state["mix_rng"])
-        self._stream_state = state["stream"]
-        if self.stream is not None and state["stream"] is not None:
-            self.stream.load_state_dict(state["stream"])
+        self._saved_ranks = state["ranks"] if "ranks" in state else [state]  # [state]: saved before DDP sharding
 
 
 @contextmanager

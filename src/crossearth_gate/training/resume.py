@@ -40,6 +40,15 @@ def _restore(state: dict[str, Any]) -> None:
     random.setstate(tuple(item if not isinstance(item, list) else tuple(item) for item in state["python"]))
 
 
+def gather_ranks(local: Any) -> list[Any]:
+    """Every rank's ``local`` in rank order (called on every rank, as checkpoint hooks are); [local] alone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        ranks: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(ranks, local)
+        return ranks
+    return [local]
+
+
 class RandomStates(L.Callback):
     """Saves torch (CPU and CUDA), numpy and python RNG states of every rank; a resumed run puts them back
     when training starts, after everything the start-up itself draws (model init, data set-up)."""
@@ -48,12 +57,7 @@ class RandomStates(L.Callback):
         self._pending: list[dict[str, Any]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        local = _capture()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            ranks: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(ranks, local)
-            return {"ranks": ranks}
-        return {"ranks": [local]}
+        return {"ranks": gather_ranks(_capture())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = list(state_dict["ranks"])
