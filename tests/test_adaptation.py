@@ -307,13 +307,16 @@ def test_fisher_draws_leave_the_global_random_stream_alone() -> None:
 
 
 class _Cropped(torch.utils.data.Dataset):
-    """Draws from the global RNG like the real train transform does."""
+    """Image i is i + a 'crop' drawn from the global RNG, as the real train transform draws: its floor names it."""
+
+    def __init__(self, size: int = 3):
+        self.size = size
 
     def __len__(self) -> int:
-        return 3
+        return self.size
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {"image": torch.full((1, 2, 2), float(i)) + torch.rand(())}
+        return {"image": torch.full((1, 1, 1), float(i)) + torch.rand(())}
 
 
 def test_target_stream_resumes_exactly_from_its_state() -> None:
@@ -329,24 +332,14 @@ def test_target_stream_resumes_exactly_from_its_state() -> None:
     assert stream.epoch >= 2
 
 
-class _Indexed(torch.utils.data.Dataset):
-    """Image i is i + a crop draw in [0, 1): its floor names the image."""
-
-    def __len__(self) -> int:
-        return 5
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {"image": torch.full((1, 1, 1), float(i)) + torch.rand(())}
-
-
 def test_ddp_ranks_share_each_pass_without_overlap() -> None:
     """Independent: the passes' permutations concatenated; rank r takes every world-th image of each stretch."""
     seed, n, steps = 3, 2, 5
     order = torch.cat([torch.randperm(5, generator=torch.Generator().manual_seed(seed + 7919 * e)) for e in range(5)])
-    ranks = [TargetStream(_Indexed(), seed) for _ in range(2)]
+    ranks = [TargetStream(_Cropped(5), seed) for _ in range(2)]
     for rank, stream in enumerate(ranks):
         stream.shard(rank, 2)
-    single = TargetStream(_Indexed(), seed)
+    single = TargetStream(_Cropped(5), seed)
     for step in range(steps):
         stretch = order[step * 2 * n:(step + 1) * 2 * n].tolist()
         images = [stream.next_batch(n).flatten() for stream in ranks]
