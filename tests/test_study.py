@@ -98,13 +98,13 @@ def test_shipped_study_loads_and_every_cell_resolves() -> None:
     cells = study.cells()
     keys = {c.key for c in cells}
     for config in ("frozen", "all_on", "gated_fisher", "gated_random"):
-        assert {f"A/{config}/seed{s}" for s in range(3)} <= keys
+        assert {f"{p}/{config}/seed{s}" for p in "AB" for s in range(3)} <= keys
     assert {f"{p}/{c}/seed0" for p in "ABC" for c in ("full_finetune", "lora", "gated_gradnorm")} <= keys
     assert {f"A/fisher_k{k}/seed0" for k in (4, 18, 27, 36)} <= keys and "B/fisher_k4/seed0" not in keys
     assert {f"A/fisher_budget60/seed{s}" for s in range(3)} <= keys  # the compute-aware gate (3 seeds, A only)
     assert {f"A/fisher_warmup50/seed{s}" for s in range(3)} <= keys  # the targeted runs (A only)
     assert {f"A/{c}/seed{s}" for c in ("fisher_upinit", "random_warmup50") for s in range(3)} <= keys
-    assert len(cells) == 69
+    assert len(cells) == 77
     for cell in cells:
         cfg = load_config(cell.config_path, list(cell.overrides))
         assert cfg.model.weights == "auto" and cfg.train.seed == cell.seed
