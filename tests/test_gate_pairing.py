@@ -1,0 +1,34 @@
+"""A gate that keeps every slot trains what all-on trains: does it see the same training crops?
+
+Today it does not. In DG, the Fisher samples of each selection are drawn with random crops and flips
+from the global generator, which shifts every training crop after step 0. A gated run and the all-on
+run of one seed are then not a paired comparison of the selection alone, and the study found 2.72
+points between them on seed 0 of protocol A (docs/study/README.md). This test pins that down. It is
+marked as an expected failure until the DG draws are isolated, as DA's already are; it then passes and
+the mark must go (strict).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crossearth_gate.cli import main
+from test_cli_e2e import TINY
+
+SETTINGS = [*TINY, "train.max_steps=6", "gate.every=3", "gate.num_samples=2", "train.log_every=1"]
+
+
+def losses(out: Path, *extra: str) -> str:
+    assert main(["fit", "--config", "demo", "--out", str(out), *SETTINGS, *extra]) == 0
+    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("train/loss")
+    return ",".join(row.split(",")[column] for row in rows[1:])
+
+
+@pytest.mark.xfail(strict=True, reason="DG Fisher draws use the global RNG and shift the training crops")
+def test_a_gate_keeping_every_slot_trains_exactly_as_all_on(tmp_path: Path) -> None:
+    all_on = losses(tmp_path / "all_on", "gate.enabled=false")
+    keep_all = losses(tmp_path / "k_all", "gate.k=12")  # TINY has 4 blocks: 12 slots
+    assert keep_all == all_on
