@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,23 +73,36 @@ def test_checkpoint_holds_the_teacher_but_no_backbone(da_run: Path) -> None:
     assert set(saved) == {"stream", "mix_rng"}
 
 
-def test_teacher_and_da_state_round_trip(maskless_root: Path) -> None:
+class _Images(torch.utils.data.Dataset):
+    """5 fixed random images plus a 'crop' draw from the global RNG, as the train transform draws."""
+
+    def __init__(self) -> None:
+        self.images = torch.randn(5, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[i] + torch.rand(())}
+
+
+@pytest.fixture()
+def make_task(maskless_root: Path) -> Callable[[], DACSTask]:
+    """A fresh DACS task over the same 5 target images, as a restarted run builds it."""
     cfg = load_config("demo", da_settings(maskless_root))
     info = get_dataset_info("dubai")
-    images = torch.utils.data.TensorDataset(torch.randn(5, 3, 56, 56))
-
-    class Images(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(images)
-
-        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-            return {"image": images[i][0] + torch.rand(())}
+    images = _Images()
 
     def task() -> DACSTask:
         t = DACSTask(cfg, list(info.classes), list(info.palette), ["tile_5"])
-        t.attach(Images())
+        t.attach(images)
         return t
 
+    return task
+
+
+def test_teacher_and_da_state_round_trip(make_task: Callable[[], DACSTask]) -> None:
+    task = make_task
     first = task()
     first.start_streams(0, 1)
     first.stream.next_batch(3)
@@ -106,6 +120,31 @@ def test_teacher_and_da_state_round_trip(maskless_root: Path) -> None:
         assert torch.equal(second.teacher.tensors()[name], value), name
     assert torch.equal(second.stream.next_batch(4), first.stream.next_batch(4))
     assert torch.equal(torch.rand(3, generator=second.mix_rng), torch.rand(3, generator=first.mix_rng))
+
+
+def test_a_stream_saved_by_other_ranks_or_before_sharding_resumes(make_task: Callable[[], DACSTask],
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint of 1 rank read by 2 keeps the stream's position (with a warning); an old single-stream
+    checkpoint (no ``ranks``) is read as one rank's."""
+    first = make_task()
+    first.start_streams(0, 1)
+    first.stream.next_batch(3)
+    checkpoint = {"state_dict": first.state_dict()}
+    first.on_save_checkpoint(checkpoint)
+    (saved,) = checkpoint["adaptation"]["ranks"]
+
+    wider = make_task()
+    wider.on_load_checkpoint(checkpoint)
+    wider.start_streams(1, 2)
+    assert "holds target streams of 1 ranks, this run has 2" in caplog.text
+    assert (wider.stream.epoch, wider.stream.position) == (first.stream.epoch, first.stream.position) == (0, 3)
+    assert (wider.stream.rank, wider.stream.world_size) == (1, 2)
+
+    old = make_task()
+    old.on_load_checkpoint({**checkpoint, "adaptation": saved})  # the layout before DDP sharding
+    old.start_streams(0, 1)
+    assert torch.equal(old.stream.next_batch(4), first.stream.next_batch(4))
+    assert torch.equal(torch.rand(3, generator=old.mix_rng), torch.rand(3, generator=first.mix_rng))
 
 
 @pytest.mark.slow
