@@ -208,9 +208,9 @@ def _run_section(run: Run, record: dict[str, Any], out_dir: Path) -> list[str]:
             lines += ["**Training curves**", "", _link(out_dir, fig, f"curves {run.name}"), ""]
         except UserError as exc:
             lines += [f"Training curves: skipped ({exc}).", ""]
+    adapted = _dig(run.config, "train.adaptation") not in (None, "none")
     threshold = _dig(run.config, "adaptation.confidence")
-    if log.is_file() and _dig(run.config, "train.adaptation") not in (None, "none") and \
-            isinstance(threshold, int | float):
+    if adapted and log.is_file() and isinstance(threshold, int | float):
         try:
             fig = plot_pseudo_confidence(log, out_dir / f"pseudo_confidence_{run.slug}.png", float(threshold))
             lines += ["**Teacher confidence (domain adaptation)**", "", _link(out_dir, fig, f"confidence {run.name}"),
