@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from crossearth_gate.config import load_config
+from crossearth_gate.config.schema import load_config
 from crossearth_gate.data import get_dataset_info
 from crossearth_gate.training.adaptation import build_task, prepare_adaptation
 from crossearth_gate.training.run import build_datamodule

@@ -45,8 +45,8 @@ def step_cost(backbone: str, size: int, batch: int, device: str) -> dict[str, An
     """One forward + backward, counted. On ``meta`` (no data, no memory: ViT-L costs nothing) the loss is the
     sum of every head output, which sends gradients through the same tensors as Mask2Former's loss (its
     matching and point sampling, uncounted either way, need real numbers); on ``cpu`` it is the real loss."""
-    from crossearth_gate.benchmark_measure import counting_saved_bytes
-    from crossearth_gate.config import load_config
+    from crossearth_gate.benchmark.measure import counting_saved_bytes
+    from crossearth_gate.config.schema import load_config
     from crossearth_gate.training.task import build_segmentor
 
     cfg = load_config(str(CONFIG), [f"model.backbone={backbone}", "model.weights=none", f"data.crop_size={size}"])

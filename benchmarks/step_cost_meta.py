@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from crossearth_gate.benchmark_measure import counting_saved_bytes
-from crossearth_gate.config import load_config
+from crossearth_gate.benchmark.measure import counting_saved_bytes
+from crossearth_gate.config.schema import load_config
 from crossearth_gate.training.losses import cross_entropy
 from crossearth_gate.training.task import build_segmentor
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from crossearth_gate.artefacts import save_trainable, spec_of
-from crossearth_gate.backbones import build_backbone
 from crossearth_gate.cli import main
-from crossearth_gate.segmentor import Segmentor
+from crossearth_gate.model.artefacts import save_trainable, spec_of
+from crossearth_gate.model.backbone import build_backbone
+from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
 from test_cli_e2e import TINY  # noqa: F401  (re-exported: the suite's tiny ViT on one demo tile)
 

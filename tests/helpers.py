@@ -10,7 +10,7 @@ import timm
 import torch
 from torch import nn
 
-from crossearth_gate.backbones import BackboneInfo, FrozenViT
+from crossearth_gate.model.backbone import BackboneInfo, FrozenViT
 
 SHARED_DATA = Path(os.environ.get("CEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 """The project's read-only real data (../shared/data beside the repository), or $CEG_SHARED_DATA."""

@@ -17,11 +17,10 @@ from crossearth_gate.adaptation.protocol import check_disjoint
 from crossearth_gate.adaptation.pseudo import Weighted, has_data, pack_targets, pseudo_labels
 from crossearth_gate.adaptation.settings import AdaptationConfig
 from crossearth_gate.adaptation.teacher import EMATeacher
-from crossearth_gate.config import DEMO_DATA, load_config
+from crossearth_gate.config.schema import DEMO_DATA, load_config
 from crossearth_gate.data.catalog import DomainSpec, Subset, list_pairs
-from crossearth_gate.errors import UserError
 from crossearth_gate.gating import slot_fisher
-from crossearth_gate.segmentor import Segmentor
+from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
 from crossearth_gate.training.adaptation import (
     DACSTask,
@@ -32,6 +31,7 @@ from crossearth_gate.training.adaptation import (
 )
 from crossearth_gate.training.losses import per_sample_cross_entropy
 from crossearth_gate.training.task import SegmentationTask
+from crossearth_gate.util.errors import UserError
 from helpers import tiny_backbone
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -421,7 +421,7 @@ def test_paper_da_benchmarks_adapt_on_target_train_and_score_target_val() -> Non
 
 def test_a_da_config_resumes_into_its_own_folder() -> None:
     """Domains that default to None (unlabelled_target, val) are no change when the saved config has them."""
-    from crossearth_gate.config import config_to_dict
+    from crossearth_gate.config.schema import config_to_dict
     from crossearth_gate.training.run_dir import config_changes
 
     val = "data.val={dataset: dubai, root: '{demo_data}/dubai', tiles: [4]}"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from crossearth_gate.cli import main
-from crossearth_gate.config import DEMO_DATA, load_config
+from crossearth_gate.config.schema import DEMO_DATA, load_config
 from crossearth_gate.data.catalog import get_dataset_info
 from crossearth_gate.training.adaptation import DACSTask
 from test_cli_e2e import TINY

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
-from crossearth_gate.backbones import FrozenViT, build_backbone, default_out_indices
-from crossearth_gate.errors import UserError
+from crossearth_gate.model.backbone import FrozenViT, build_backbone, default_out_indices
+from crossearth_gate.util.errors import UserError
 from crossearth_gate.weights import load_checkpoint, read_state_dict
 from crossearth_gate.weights.official import official_to_timm
 from helpers import TINY_WIDTH, images, info_of, tiny_backbone, tiny_timm_vit

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bad_inputs import TINY, cli, fit_argv
-from crossearth_gate.config import load_config
-from crossearth_gate.validation import check_runtime
+from crossearth_gate.config.schema import load_config
+from crossearth_gate.config.validation import check_runtime
 
 # (override, what the one line must name); each is refused before anything is written
 BAD_OVERRIDES = [

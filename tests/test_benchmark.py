@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crossearth_gate.benchmark import CONFIGS, BenchSetup
+from crossearth_gate.benchmark.command import CONFIGS, BenchSetup
 from crossearth_gate.cli import main
 
 TINY = ["--weights", "none", "--backbone", "test_vit", "--img-size", "32", "--batch-size", "2", "--steps", "1",

@@ -10,9 +10,9 @@ import yaml
 
 from benchmark_fixtures import write_benchmark_tree
 from crossearth_gate.cli import main
-from crossearth_gate.config import load_config
-from crossearth_gate.report import load_run
-from crossearth_gate.table import collect, load_paper_results
+from crossearth_gate.config.schema import load_config
+from crossearth_gate.runs.report import load_run
+from crossearth_gate.runs.table import collect, load_paper_results
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
 CONFIGS = sorted(p for p in BENCHMARKS.glob("*.yaml") if not p.name.startswith("_"))

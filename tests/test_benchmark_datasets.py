@@ -11,7 +11,7 @@ from PIL import Image
 from benchmark_fixtures import save, write_casid, write_mmseg, write_rescuenet
 from crossearth_gate.data import DomainSpec, SegmentationDataset, get_dataset_info, list_pairs, read_mask
 from crossearth_gate.data.datasets import fit_within
-from crossearth_gate.errors import UserError
+from crossearth_gate.util.errors import UserError
 
 CASID = get_dataset_info("casid")
 RESCUENET = get_dataset_info("rescuenet")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from crossearth_gate.config import DEMO_DATA, RunConfig, config_to_dict, load_config
-from crossearth_gate.errors import UserError
+from crossearth_gate.config.schema import DEMO_DATA, RunConfig, config_to_dict, load_config
+from crossearth_gate.util.errors import UserError
 
 
 def test_base_inheritance_and_overrides(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from crossearth_gate.data import (
     read_image,
     read_mask,
 )
-from crossearth_gate.errors import UserError
+from crossearth_gate.util.errors import UserError
 from helpers import SHARED_DATA
 
 CROPS = SHARED_DATA / "isprs-loveda-crops"

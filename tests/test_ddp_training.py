@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from crossearth_gate.config import DEMO_DATA
+from crossearth_gate.config.schema import DEMO_DATA
 from test_cli_e2e import TINY
 
 

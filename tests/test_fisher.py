@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crossearth_gate.errors import UserError
 from crossearth_gate.gating import slot_fisher, slot_gradnorm
+from crossearth_gate.util.errors import UserError
 
 TYPES = ("spatial", "semantic", "frequency")
 CLASSES = 4

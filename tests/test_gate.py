@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from crossearth_gate.errors import UserError
 from crossearth_gate.gating import FisherSelector, Gate, GateSchedule, RandomSelector
+from crossearth_gate.util.errors import UserError
 from test_fisher import TinySlotNet, make_data, per_sample_ce
 
 

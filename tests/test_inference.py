@@ -4,14 +4,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from crossearth_gate.errors import UserError
-from crossearth_gate.inference import (
+from crossearth_gate.model.inference import (
     blend_weights,
     iter_tiles,
     sliding_window_logits,
     sliding_window_logits_at,
     window_starts,
 )
+from crossearth_gate.util.errors import UserError
 
 NUM_CLASSES = 5
 

@@ -12,18 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
-from crossearth_gate.artefacts import load_trainable, save_trainable, spec_of
-from crossearth_gate.backbones import build_backbone
 from crossearth_gate.cli import main
-from crossearth_gate.config import load_config
-from crossearth_gate.errors import UserError
+from crossearth_gate.config.schema import load_config
 from crossearth_gate.gating import slot_fisher
 from crossearth_gate.heads import build_head
 from crossearth_gate.heads.mask2former import MaskPredictions, semantic_targets
-from crossearth_gate.segmentor import HeadOutputs, Segmentor
+from crossearth_gate.model.artefacts import load_trainable, save_trainable, spec_of
+from crossearth_gate.model.backbone import build_backbone
+from crossearth_gate.model.segmentor import HeadOutputs, Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
 from crossearth_gate.training.gate_callback import GateCallback
 from crossearth_gate.training.losses import fisher_loss, segmentation_loss
+from crossearth_gate.util.errors import UserError
 from helpers import perturb, tiny_backbone
 
 NUM_CLASSES = 3

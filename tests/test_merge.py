@@ -6,9 +6,9 @@ import pytest
 import timm
 import torch
 
-from crossearth_gate.backbones import BackboneInfo, FrozenViT
-from crossearth_gate.merge import merge_for_inference
-from crossearth_gate.segmentor import Segmentor
+from crossearth_gate.model.backbone import BackboneInfo, FrozenViT
+from crossearth_gate.model.merge import merge_for_inference
+from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
 
 DEPTH = 4

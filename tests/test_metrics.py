@@ -5,8 +5,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from crossearth_gate.errors import UserError
-from crossearth_gate.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
+from crossearth_gate.training.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
+from crossearth_gate.util.errors import UserError
 
 NAMES = ["road", "tree", "water", "car"]
 

@@ -12,17 +12,17 @@ from PIL import Image
 from rasterio.transform import from_origin
 from rich.progress import Progress
 
-from crossearth_gate.artefacts import load_trainable, save_trainable, spec_of
-from crossearth_gate.backbones import build_backbone
 from crossearth_gate.cli import main
 from crossearth_gate.data.transforms import EvalTransform
-from crossearth_gate.inference import sliding_window_logits
-from crossearth_gate.merge import merge_for_inference
+from crossearth_gate.model.artefacts import load_trainable, save_trainable, spec_of
+from crossearth_gate.model.backbone import build_backbone
+from crossearth_gate.model.inference import sliding_window_logits
+from crossearth_gate.model.merge import merge_for_inference
+from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.predict.geotiff import predict_geotiff
 from crossearth_gate.predict.inputs import Job
 from crossearth_gate.predict.model import Predictor
 from crossearth_gate.predict.radiometry import scene_stretch
-from crossearth_gate.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
 from helpers import SHARED_DATA
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from crossearth_gate.errors import UserError
-from crossearth_gate.plots import activation_frequency, mean_normalized_score, overlay
-from crossearth_gate.report import write_report
+from crossearth_gate.runs.plots import activation_frequency, mean_normalized_score, overlay
+from crossearth_gate.runs.report import write_report
+from crossearth_gate.util.errors import UserError
 
 CLASSES = ["background", "building", "road"]
 LAYERS = 4

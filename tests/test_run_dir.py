@@ -109,7 +109,7 @@ def test_a_checkpoint_beyond_max_steps_is_refused(finished: Path, capsys: pytest
 
 
 def test_keys_added_to_the_package_after_a_run_started_count_only_when_not_default() -> None:
-    from crossearth_gate.config import config_to_dict, load_config
+    from crossearth_gate.config.schema import config_to_dict, load_config
     from crossearth_gate.training.run_dir import config_changes
 
     cfg = load_config("demo", TINY)

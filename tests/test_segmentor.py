@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from crossearth_gate.artefacts import build_seeded_backbone, load_trainable, read_spec, save_trainable, spec_of
-from crossearth_gate.errors import UserError
-from crossearth_gate.segmentor import Segmentor
+from crossearth_gate.model.artefacts import build_seeded_backbone, load_trainable, read_spec, save_trainable, spec_of
+from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
+from crossearth_gate.util.errors import UserError
 from helpers import TINY_DEPTH, images, perturb, tiny_backbone
 
 NUM_CLASSES = 3

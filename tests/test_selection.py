@@ -9,7 +9,6 @@ import random
 import pytest
 import torch
 
-from crossearth_gate.errors import UserError
 from crossearth_gate.gating import (
     FisherSelector,
     GradNormSelector,
@@ -19,6 +18,7 @@ from crossearth_gate.gating import (
     resolve_k,
     top_k,
 )
+from crossearth_gate.util.errors import UserError
 from test_fisher import TinySlotNet, make_data, per_sample_ce
 
 RAW = {

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from crossearth_gate.config import load_config
-from crossearth_gate.errors import UserError
+from crossearth_gate.config.schema import load_config
 from crossearth_gate.study.aggregate import aggregate
 from crossearth_gate.study.records import cell_record
 from crossearth_gate.study.runner import run_cells
 from crossearth_gate.study.spec import load_study, parse_study
+from crossearth_gate.util.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "configs" / "studies" / "paper_claims.yaml"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from crossearth_gate.cli import main
-from crossearth_gate.table import load_paper_results
+from crossearth_gate.runs.table import load_paper_results
 
 CASID = "$CEG_DATA/CASID"
 

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crossearth_gate.errors import UserError
 from crossearth_gate.toolbox import slots
 from crossearth_gate.toolbox.lora import QueryValueLoRA
 from crossearth_gate.toolbox.slots import (
@@ -20,6 +19,7 @@ from crossearth_gate.toolbox.slots import (
     check_attention_supported,
     run_block,
 )
+from crossearth_gate.util.errors import UserError
 from helpers import TINY_DEPTH, TINY_WIDTH, perturb, randomise_layerscale, tiny_timm_vit
 
 ATOL = 1e-5

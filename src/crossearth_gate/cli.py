@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from .atomic import write_failure
-from .errors import UserError, WriteError
+from .util.atomic import write_failure
+from .util.errors import UserError, WriteError
 
 
 def yaml_mapping(text: str) -> dict[str, Any]:
@@ -127,7 +127,7 @@ OUT_FILES = {"export": ("out",), "weights": ("out",), "benchmark": ("out", "prof
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuse an output under a regular file or in an unwritable place now, before any work."""
-    from .outputs import check_out_file, check_out_folder
+    from .util.outputs import check_out_file, check_out_folder
 
     files = OUT_FILES.get(args.command)
     if files is None and getattr(args, "out", None) is not None:
@@ -138,14 +138,14 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import console
+    from .util import console
 
     check_outputs(args)
     if args.command in ("fit", "demo"):
-        from .config import load_config
-        from .outputs import check_out_folder
+        from .config.schema import load_config
+        from .config.validation import check_runtime
         from .training.run import fit
-        from .validation import check_runtime
+        from .util.outputs import check_out_folder
 
         if args.command == "demo":
             cfg = load_config("demo", [f"model.weights={args.weights}", *args.overrides])
@@ -169,23 +169,23 @@ def run(args: argparse.Namespace) -> int:
 
         predict_cli(args)
     elif args.command == "report":
-        from .report import write_report
+        from .runs.report import write_report
 
         path = write_report(args.runs, args.out)
         console.info(f"report written to {path}")
     elif args.command == "table":
-        from .table import table_cli
+        from .runs.table import table_cli
 
         print(table_cli(args.runs, args.out), end="")
         if args.out is not None:
             console.info(f"table written to {args.out}")
     elif args.command == "export":
-        from .artefacts import export_model, model_file
+        from .model.artefacts import export_model, model_file
 
         weights, sidecar = export_model(model_file(args.model), args.out)
         console.info(f"exported {weights} and {sidecar}")
     elif args.command == "benchmark":
-        from .benchmark import benchmark_cli
+        from .benchmark.command import benchmark_cli
 
         benchmark_cli(args)
     elif args.command == "study":

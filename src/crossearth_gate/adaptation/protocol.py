@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.catalog import DomainSpec, list_pairs
-from ..errors import UserError
+from ..util.errors import UserError
 
 
 def check_disjoint(unlabelled: DomainSpec, targets: dict[str, DomainSpec], transductive: bool) -> None:

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from crossearth_gate.data.layouts import casid_folders, rescuenet_folders
-from crossearth_gate.errors import UserError
+from crossearth_gate.util.errors import UserError
 
 IGNORE_INDEX = 255
 RGB = tuple[int, int, int]

@@ -12,7 +12,7 @@ from crossearth_gate.data.catalog import RGB, DomainSpec, Pair, list_pairs
 from crossearth_gate.data.datasets import SegmentationDataset, Transform
 from crossearth_gate.data.resumable import ResumableDistributedSampler, ResumableLoader, ResumableRandomSampler
 from crossearth_gate.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, Stats, TrainTransform
-from crossearth_gate.errors import UserError
+from crossearth_gate.util.errors import UserError
 
 
 def _split_source(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:

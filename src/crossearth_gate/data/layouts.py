@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crossearth_gate.errors import UserError
+from crossearth_gate.util.errors import UserError
 
 # domain key (as configs write it) -> the release's folder name
 CASID_DOMAINS = {"sub": "SubMs", "tem": "TemMs", "tms": "TroMs", "trf": "TroRf"}

@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..errors import UserError
 from ..toolbox.slots import parse_slot
+from ..util.errors import UserError
 from .costs import CostModel
 from .fisher import Batches, PerSampleLoss, Switchboard
 from .selection import Selection, Selector, slot_order, top_k

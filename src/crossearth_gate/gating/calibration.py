@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..atomic import atomic_write_json
 from ..toolbox.slots import SLOT_TYPES, parse_slot, slot_name
+from ..util.atomic import atomic_write_json
 from .costs import CostModel
 from .fisher import PerSampleLoss, Switchboard
 

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from ..errors import UserError
+from ..util.errors import UserError
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 PerSampleLoss = Callable[[Tensor, Tensor], Tensor]

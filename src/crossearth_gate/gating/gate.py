@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .fisher import Batches, PerSampleLoss, Switchboard
 from .selection import Selection, Selector, resolve_k
 

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Protocol
 
 from torch import nn
 
-from ..errors import UserError
 from ..toolbox.slots import SLOT_TYPES, parse_slot
+from ..util.errors import UserError
 from .fisher import Batches, PerSampleLoss, Switchboard, check_method, slot_fisher, slot_gradnorm
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .fpn import FPNHead
 
 

@@ -30,7 +30,7 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerTransformerModule,
 )
 
-from ..errors import UserError
+from ..util.errors import UserError
 
 IGNORE_INDEX = 255
 NUM_LEVELS = 4  # the pixel decoder's strides 4, 8, 16, 32

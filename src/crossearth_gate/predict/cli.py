@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .geotiff import check_geotiffs, geotiff_overlay, predict_geotiff
 from .images import predict_image
 from .inputs import Job, collect_jobs, parse_bands

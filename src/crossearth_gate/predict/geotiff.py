@@ -16,10 +16,10 @@ import rasterio.windows
 from PIL import Image
 from rich.progress import Progress
 
-from ..atomic import atomic_write
-from ..errors import UserError, WriteError
-from ..inference import Tile, Window, iter_tiles
-from ..plots import overlay
+from ..model.inference import Tile, Window, iter_tiles
+from ..runs.plots import overlay
+from ..util.atomic import atomic_write
+from ..util.errors import UserError, WriteError
 from .images import write_png
 from .inputs import Job, resolve_bands
 from .model import Advance, Predictor

@@ -8,9 +8,9 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
-from ..atomic import atomic_write
 from ..data.datasets import read_image
-from ..plots import overlay
+from ..runs.plots import overlay
+from ..util.atomic import atomic_write
 from .inputs import Job
 from .model import Predictor
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 GEOTIFF_SUFFIXES = (".tif", ".tiff")

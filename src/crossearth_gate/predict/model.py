@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..artefacts import ModelSpec, load_trainable, model_file
 from ..data.transforms import EvalTransform
-from ..errors import UserError
-from ..inference import sliding_window_logits_at, window_starts
-from ..merge import merge_for_inference
-from ..segmentor import Segmentor
+from ..model.artefacts import ModelSpec, load_trainable, model_file
+from ..model.inference import sliding_window_logits_at, window_starts
+from ..model.merge import merge_for_inference
+from ..model.segmentor import Segmentor
+from ..util.errors import UserError
 from .radiometry import NODATA
 
 Advance = Callable[[int], None]

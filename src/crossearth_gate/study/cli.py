@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.markup import escape
 
-from .. import console
-from ..atomic import atomic_write_json, atomic_write_text
-from ..errors import UserError
+from ..util import console
+from ..util.atomic import atomic_write_json, atomic_write_text
+from ..util.errors import UserError
 from .aggregate import aggregate
 from .figures import write_figures
 from .markdown import study_markdown

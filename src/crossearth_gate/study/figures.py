@@ -8,8 +8,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..atomic import atomic_write
-from ..plots import DPI, plot_gate_maps, read_log_series
+from ..runs.plots import DPI, plot_gate_maps, read_log_series
+from ..util.atomic import atomic_write
 from .records import DONE
 
 MIN_CURVE_POINTS = 4  # a cell validated this often is a learning-curve run (the study's default gives 2)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..report import SOURCE_DOMAIN, human_count
+from ..runs.report import SOURCE_DOMAIN, human_count
 from .runner import duration
 from .spec import Study
 

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_json
-from ..errors import UserError
-from ..report import SOURCE_DOMAIN, load_run
+from ..runs.report import SOURCE_DOMAIN, load_run
+from ..util.atomic import atomic_write_json
+from ..util.errors import UserError
 from .spec import Cell
 
 CELL_FILE = "study_cell.json"

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from .. import console
-from ..errors import UserError
+from ..util import console
+from ..util.errors import UserError
 from .records import is_finished, read_state, write_state
 from .spec import Cell
 

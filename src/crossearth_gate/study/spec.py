@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from ..config import resolve_config_path
-from ..errors import UserError
+from ..config.schema import resolve_config_path
+from ..util.errors import UserError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TOP_KEYS = ("name", "description", "reference", "seeds", "overrides", "protocols", "configs", "claims")

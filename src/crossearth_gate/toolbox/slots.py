@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .adapter import ParallelAdapter
 from .frequency import FrequencyAdapter
 from .lora import QueryValueLoRA

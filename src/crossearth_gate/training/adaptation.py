@@ -25,10 +25,10 @@ from ..adaptation.protocol import check_disjoint
 from ..adaptation.pseudo import PseudoLabels, Weighted, has_data, pack_targets, pseudo_labels
 from ..adaptation.settings import ADAPTATION_METHODS, FISHER_DATA
 from ..adaptation.teacher import EMATeacher
-from ..config import RunConfig
-from ..errors import UserError
+from ..config.schema import RunConfig
 from ..heads import has_own_loss
 from ..toolbox.slots import Toolbox
+from ..util.errors import UserError
 from .losses import cross_entropy, fisher_loss, per_sample_cross_entropy, segmentation_loss
 from .resume import gather_ranks
 from .task import SegmentationTask
@@ -290,7 +290,7 @@ def write_adaptation_figures(cfg: RunConfig, run_dir: Path) -> None:
     """The pseudo-label confidence curve beside the run's gate map (DA runs that logged it)."""
     if cfg.train.adaptation == "none":
         return
-    from ..plots import plot_pseudo_confidence, read_log_series
+    from ..runs.plots import plot_pseudo_confidence, read_log_series
 
     log = run_dir / "logs" / "metrics.csv"
     if log.is_file() and len(read_log_series(log, "dacs/confidence")[0]):  # none before the first log_every

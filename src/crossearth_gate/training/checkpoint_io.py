@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..atomic import atomic_write
+from ..util.atomic import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

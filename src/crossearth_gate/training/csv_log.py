@@ -16,7 +16,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from ..atomic import atomic_write_text
+from ..util.atomic import atomic_write_text
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -10,12 +10,12 @@ from typing import Any, Protocol
 import lightning as L
 import torch
 
-from ..atomic import atomic_write_json
-from ..errors import UserError
 from ..gating import Budget, BudgetedSelector, Gate, GateSchedule, make_selector, measured_cost_model
 from ..gating.fisher import PerSampleLoss
 from ..heads import has_own_loss
-from ..plots import plot_gate_map
+from ..runs.plots import plot_gate_map
+from ..util.atomic import atomic_write_json
+from ..util.errors import UserError
 from .losses import fisher_loss
 
 

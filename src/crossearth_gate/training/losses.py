@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..heads import has_own_loss
-from ..segmentor import HeadOutputs, Segmentor
+from ..model.segmentor import HeadOutputs, Segmentor
 
 IGNORE_INDEX = 255
 

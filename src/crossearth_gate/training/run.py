@@ -11,11 +11,11 @@ import lightning as L
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from ..artefacts import TRAINABLE_FILE, save_trainable, spec_of
-from ..atomic import atomic_write_json, atomic_write_text
-from ..backbones import BackboneInfo
-from ..config import RunConfig, config_to_dict
+from ..config.schema import RunConfig, config_to_dict
 from ..data import SegDataModule, get_dataset_info
+from ..model.artefacts import TRAINABLE_FILE, save_trainable, spec_of
+from ..model.backbone import BackboneInfo
+from ..util.atomic import atomic_write_json, atomic_write_text
 from . import run_dir as run_folder
 from .adaptation import build_task, prepare_adaptation, write_adaptation_figures
 from .checkpoint_io import AtomicCheckpointIO

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import RunConfig, config_to_dict
-from ..errors import UserError
+from ..config.schema import RunConfig, config_to_dict
+from ..util.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..artefacts import build_seeded_backbone
-from ..config import RunConfig
-from ..inference import sliding_window_logits
-from ..metrics import SegMetrics
-from ..segmentor import Segmentor
+from ..config.schema import RunConfig
+from ..model.artefacts import build_seeded_backbone
+from ..model.inference import sliding_window_logits
+from ..model.segmentor import Segmentor
 from .losses import segmentation_loss
+from .metrics import SegMetrics
 from .schedule import warmup_poly
 
 SOURCE_VAL = "source_val"
@@ -123,8 +123,8 @@ class SegmentationTask(L.LightningModule):
             return
         from PIL import Image
 
-        from ..atomic import atomic_write
-        from ..plots import overlay
+        from ..runs.plots import overlay
+        from ..util.atomic import atomic_write
 
         limit = self.cfg.eval.samples_per_domain
         for image, pred in zip(batch["image"], preds, strict=True):

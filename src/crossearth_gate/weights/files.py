@@ -14,7 +14,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .huggingface import huggingface_to_official, is_huggingface
 from .official import official_to_timm
 

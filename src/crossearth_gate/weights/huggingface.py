@@ -13,7 +13,7 @@ import re
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..util.errors import UserError
 
 PATCH_KEY = "embeddings.patch_embeddings.projection.weight"
 PREFIX = "dinov2."

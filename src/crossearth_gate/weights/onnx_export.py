@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..util.errors import UserError
 
 _LINEAR = re.compile(
     r"^/(?:(?P<scope>[\w.]+)/)?encoder/layer\.(?P<layer>\d+)/"

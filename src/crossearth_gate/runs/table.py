@@ -14,11 +14,11 @@ from typing import Any
 
 import yaml
 
-from crossearth_gate.atomic import atomic_write_text
-from crossearth_gate.errors import UserError
-from crossearth_gate.report import Run, _dig, load_run
+from crossearth_gate.runs.report import Run, _dig, load_run
+from crossearth_gate.util.atomic import atomic_write_text
+from crossearth_gate.util.errors import UserError
 
-PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.yaml"
+PAPER_RESULTS = Path(__file__).resolve().parent.parent / "paper_results.yaml"
 READ_FILES = ("metrics.json", "config.yaml", "gates.json")  # what load_run reads: never written over
 
 

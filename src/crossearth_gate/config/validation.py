@@ -14,10 +14,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from ..util.errors import UserError
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .schema import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def _check_gate_k(k: float) -> None:
 
 def check_values(cfg: RunConfig) -> None:
     """Ranges and choices of every value that needs no model, data or Lightning to check."""
-    from .gating.selection import SELECTORS
-    from .inference import BLEND_MODES
+    from ..gating.selection import SELECTORS
+    from ..model.inference import BLEND_MODES
 
     _require(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."), "name",
              "must be a plain folder name (runs/<name>)", cfg.name)
@@ -107,8 +107,8 @@ def check_values(cfg: RunConfig) -> None:
 
 def check_runtime(cfg: RunConfig) -> None:
     """The checks that need the backbone's shape, Lightning or the source images; nothing is written."""
-    from .heads import HEADS
-    from .weights import AUTO, HUB, RANDOM
+    from ..heads import HEADS
+    from ..weights import AUTO, HUB, RANDOM
 
     _require(cfg.model.head in HEADS, "model.head", f"must be one of {sorted(HEADS)}", cfg.model.head)
     weights = cfg.model.weights
@@ -193,7 +193,7 @@ def _check_geometry(cfg: RunConfig, patch: int, depth: int) -> None:
 
 def _source_images(cfg: RunConfig) -> list[Path]:
     """The source images, after checking that every domain's folders and pairs exist (listing, no reading)."""
-    from .data.catalog import list_pairs
+    from ..data.catalog import list_pairs
 
     d = cfg.data
     for spec in (d.val, *d.targets.values()):

@@ -18,8 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from crossearth_gate.atomic import atomic_write
-from crossearth_gate.errors import UserError
+from crossearth_gate.util.atomic import atomic_write
+from crossearth_gate.util.errors import UserError
 
 SLOT_TYPES = ("spatial", "semantic", "frequency")
 DPI = 120

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write_json, atomic_write_text
-from .errors import UserError
-from .gating import Budget
+from ..gating import Budget
+from ..util.atomic import atomic_write_json, atomic_write_text
+from ..util.errors import UserError
 
 CONFIGS = ("all-on", "gated", "compute-aware", "lora", "full-finetune", "frozen")
 GATE_K = 0.25  # the demo's and the paper's k: a quarter of the slots
@@ -64,12 +64,12 @@ class BenchSetup:
 
 def select_sets(setup: BenchSetup) -> dict[str, Any]:
     """Phase 1: the real Fisher selection, the compute-aware one on the same scores, and merged inference."""
-    from .benchmark_measure import bench_config, build_model, inference_s, optimizer_of, timed, train_step
-    from .gating import FisherSelector, budgeted_top_k, calibrate, resolve_k
-    from .gating.budget import budget_record
-    from .merge import merge_for_inference
-    from .training.losses import per_sample_cross_entropy
-    from .training.run import build_datamodule
+    from ..gating import FisherSelector, budgeted_top_k, calibrate, resolve_k
+    from ..gating.budget import budget_record
+    from ..model.merge import merge_for_inference
+    from ..training.losses import per_sample_cross_entropy
+    from ..training.run import build_datamodule
+    from .measure import bench_config, build_model, inference_s, optimizer_of, timed, train_step
 
     cfg = bench_config(setup.backbone, setup.weights, setup.img_size, setup.batch_size)
     model = build_model(cfg)
@@ -122,7 +122,7 @@ def _forever(data: Any) -> Any:
 def measure_config(setup: BenchSetup, config: str, active: list[str] | None, images: np.ndarray,
                    masks: np.ndarray, profile: bool) -> dict[str, Any]:
     """Phase 2, in a fresh process: one configuration's step time, saved activations and peak RSS."""
-    from .benchmark_measure import bench_config, build_model, median_step_s, profile_table, saved_activation_bytes
+    from .measure import bench_config, build_model, median_step_s, profile_table, saved_activation_bytes
 
     if setup.threads:
         torch.set_num_threads(setup.threads)

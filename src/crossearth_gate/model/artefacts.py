@@ -16,11 +16,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .atomic import atomic_write, atomic_write_json
-from .backbones import FrozenViT, build_backbone
-from .errors import UserError
+from ..toolbox.slots import ToolboxConfig
+from ..util.atomic import atomic_write, atomic_write_json
+from ..util.errors import UserError
+from .backbone import FrozenViT, build_backbone
 from .segmentor import Segmentor
-from .toolbox.slots import ToolboxConfig
 
 FORMAT = "crossearth-gate/1"
 TRAINABLE_FILE = "trainable.safetensors"

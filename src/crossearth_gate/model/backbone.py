@@ -14,9 +14,9 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from .errors import UserError
-from .toolbox.slots import Toolbox, run_block
-from .weights import RANDOM, WeightsRecord, create_vit
+from ..toolbox.slots import Toolbox, run_block
+from ..util.errors import UserError
+from ..weights import RANDOM, WeightsRecord, create_vit
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from urllib.parse import quote
 
 import yaml
 
-from crossearth_gate.atomic import atomic_write_json, atomic_write_text
-from crossearth_gate.errors import UserError
-from crossearth_gate.plots import plot_gate_map, plot_per_class_iou, plot_pseudo_confidence, plot_training_curves
+from crossearth_gate.runs.plots import plot_gate_map, plot_per_class_iou, plot_pseudo_confidence, plot_training_curves
+from crossearth_gate.util.atomic import atomic_write_json, atomic_write_text
+from crossearth_gate.util.errors import UserError
 
 SOURCE_DOMAIN = "source_val"
 MAX_SAMPLES = 6

@@ -7,9 +7,9 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import FrozenViT
-from .heads import build_head, has_own_loss
-from .toolbox.slots import Toolbox, ToolboxConfig, check_attention_supported
+from ..heads import build_head, has_own_loss
+from ..toolbox.slots import Toolbox, ToolboxConfig, check_attention_supported
+from .backbone import FrozenViT
 
 
 class Segmentor(nn.Module):

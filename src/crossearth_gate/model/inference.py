@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crossearth_gate.errors import UserError
+from crossearth_gate.util.errors import UserError
 
 BLEND_MODES = ("gaussian", "uniform")
 _GAUSSIAN_FLOOR = 1e-3

@@ -11,9 +11,9 @@ import copy
 
 import torch
 
+from ..toolbox.lora import QueryValueLoRA
+from ..toolbox.slots import parse_slot
 from .segmentor import Segmentor
-from .toolbox.lora import QueryValueLoRA
-from .toolbox.slots import parse_slot
 
 
 def merge_for_inference(model: Segmentor) -> Segmentor:

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import RunConfig, load_config
-from .segmentor import Segmentor
-from .training.losses import cross_entropy
+from ..config.schema import RunConfig, load_config
+from ..model.segmentor import Segmentor
+from ..training.losses import cross_entropy
 
 LR = 3e-4  # the demo's; only the optimiser's work matters here, not where it leads
 
@@ -41,8 +41,8 @@ def bench_config(backbone: str, weights: str, img_size: int, batch_size: int, co
 
 
 def build_model(cfg: RunConfig) -> Segmentor:
-    from .data import get_dataset_info
-    from .training.task import build_segmentor
+    from ..data import get_dataset_info
+    from ..training.task import build_segmentor
 
     return build_segmentor(cfg, len(get_dataset_info(cfg.data.source.dataset).classes))
 

@@ -15,14 +15,14 @@ from typing import Any
 
 import yaml
 
-from .adaptation.settings import AdaptationConfig
-from .data.catalog import DomainSpec
-from .errors import UserError
-from .gating.budget import Budget
-from .toolbox.slots import ToolboxConfig
+from ..adaptation.settings import AdaptationConfig
+from ..data.catalog import DomainSpec
+from ..gating.budget import Budget
+from ..toolbox.slots import ToolboxConfig
+from ..util.errors import UserError
 from .validation import check_values
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DEMO_DATA = PACKAGE_DIR / "demo_data"
 PACKAGED_CONFIGS = PACKAGE_DIR / "configs"
 

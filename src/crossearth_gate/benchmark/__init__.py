@@ -1,0 +1,1 @@
+"""The `benchmark` command: step time, memory, selection and inference cost per configuration."""

@@ -1,0 +1,1 @@
+"""The model: frozen backbone, segmentor, saved-model spec, sliding-window inference, slot merging."""
