@@ -1,4 +1,4 @@
-"""The ``adaptation:`` config section: DACS self-training knobs (METHOD.md §3, DACS's defaults)."""
+"""The ``adaptation:`` config section: DACS self-training knobs (docs/method.md §3, DACS's defaults)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ DUBAI_PALETTE: tuple[RGB, ...] = (
     (0x84, 0x29, 0xF6), (0xE2, 0xA9, 0x29), (0x3C, 0x10, 0x98), (0xFE, 0xDD, 0x3A), (0x6E, 0xC1, 0xE4),
 )
 DUBAI_IGNORED: tuple[RGB, ...] = ((0x9B, 0x9B, 0x9B), (0, 0, 0))  # unlabeled, black border
-# The CrossEarth benchmark releases (README: "Datasets of the paper's benchmarks" has every class map).
+# The CrossEarth benchmark releases (docs/datasets.md has every class map).
 CASID_CLASSES = ("background", "building", "forest", "road", "water")
 CASID_PALETTE: tuple[RGB, ...] = ((0, 0, 0), (255, 255, 0), (85, 255, 0), (255, 0, 0), (0, 112, 255))
 # RescueNet and Potsdam relabelled to the classes they share (low vegetation + tree = vegetation).
