@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..data.catalog import IGNORE_INDEX
+from ..util.labels import IGNORE_INDEX
 
 
 def classmix_masks(source_labels: Tensor, generator: torch.Generator) -> Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data.catalog import IGNORE_INDEX
+from ..util.labels import IGNORE_INDEX
 
 BLACK = 0.5 / 255  # raw RGB below half a grey level in every band counts as no data
 

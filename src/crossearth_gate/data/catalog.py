@@ -10,8 +10,8 @@ import numpy as np
 
 from crossearth_gate.data.layouts import casid_folders, rescuenet_folders
 from crossearth_gate.util.errors import UserError
+from crossearth_gate.util.labels import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 RGB = tuple[int, int, int]
 
 ISPRS_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")

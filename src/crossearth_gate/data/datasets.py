@@ -10,8 +10,9 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from crossearth_gate.data.catalog import IGNORE_INDEX, DatasetInfo, DomainSpec, Pair, list_pairs
+from crossearth_gate.data.catalog import DatasetInfo, DomainSpec, Pair, list_pairs
 from crossearth_gate.util.errors import UserError
+from crossearth_gate.util.labels import IGNORE_INDEX
 
 Transform = Callable[[np.ndarray, np.ndarray | None], tuple[torch.Tensor, torch.Tensor | None]]
 Arrays = tuple[np.ndarray, np.ndarray | None]

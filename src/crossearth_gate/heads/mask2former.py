@@ -31,8 +31,8 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from ..util.errors import UserError
+from ..util.labels import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 NUM_LEVELS = 4  # the pixel decoder's strides 4, 8, 16, 32
 GROUPS = 32  # transformers' pixel decoder normalises with GroupNorm(32, channels)
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from crossearth_gate.util.atomic import atomic_write
 from crossearth_gate.util.errors import UserError
+from crossearth_gate.util.labels import IGNORE_INDEX
 
 SLOT_TYPES = ("spatial", "semantic", "frequency")
 DPI = 120
@@ -297,7 +298,7 @@ def overlay(
     mask: np.ndarray,
     palette: Sequence[Sequence[int]] | np.ndarray,
     alpha: float = 0.5,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> np.ndarray:
     """Blend class colours over an RGB image; ignored pixels keep the image so context stays visible."""
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != mask.shape:

@@ -10,8 +10,7 @@ from torch import Tensor, nn
 
 from ..heads import has_own_loss
 from ..model.segmentor import HeadOutputs, Segmentor
-
-IGNORE_INDEX = 255
+from ..util.labels import IGNORE_INDEX
 
 
 def per_sample_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:

@@ -12,9 +12,10 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from crossearth_gate.util.errors import UserError
+from crossearth_gate.util.labels import IGNORE_INDEX
 
 
-def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Count (ground truth, prediction) pairs into a C x C int64 matrix; rows = truth, cols = prediction.
 
     Pixels whose target is `ignore_index` are skipped whatever was predicted there.
@@ -80,7 +81,7 @@ class SegMetrics(Metric):
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, num_classes: int, class_names: Sequence[str], ignore_index: int = 255, **kwargs: Any):
+    def __init__(self, num_classes: int, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX, **kwargs: Any):
         super().__init__(**kwargs)
         if len(class_names) != num_classes:
             raise UserError(f"{len(class_names)} class names given for {num_classes} classes")
