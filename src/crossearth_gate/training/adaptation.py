@@ -29,12 +29,12 @@ from ..config.schema import RunConfig
 from ..heads import has_own_loss
 from ..toolbox.slots import Toolbox
 from ..util.errors import UserError
+from ..util.seeds import derive_seed
 from .losses import cross_entropy, fisher_loss, per_sample_cross_entropy, segmentation_loss
 from .resume import gather_ranks
 from .task import SegmentationTask
 
 log = logging.getLogger(__name__)
-RANK_SEED_STRIDE = 1_000_003  # rank r's crop and ClassMix streams start from seed + r * stride
 
 
 class TargetStream:
@@ -57,10 +57,11 @@ class TargetStream:
     def shard(self, rank: int, world_size: int) -> None:
         """Draw this rank's share from now on, with this rank's fresh crop RNG."""
         self.rank, self.world_size = rank, world_size
-        self.rng_state = torch.Generator().manual_seed(self.seed + RANK_SEED_STRIDE * rank).get_state()
+        self.rng_state = torch.Generator().manual_seed(derive_seed(self.seed, "target_crops", rank=rank)).get_state()
 
     def _order(self) -> Tensor:
-        return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + 7919 * self.epoch))  # type: ignore[arg-type]
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "target_order", index=self.epoch))
+        return torch.randperm(len(self.dataset), generator=generator)  # type: ignore[arg-type]
 
     def next_batch(self, n: int) -> Tensor:
         """This rank's next ``n`` target images (n, 3, crop, crop), wrapping into a new pass as needed."""
@@ -99,14 +100,14 @@ class DACSTask(SegmentationTask):
 
     def attach(self, unlabelled: Dataset) -> None:
         """Give the task its unlabelled target images (after the data module's setup)."""
-        self.stream = TargetStream(unlabelled, self.cfg.train.seed + 7)
+        self.stream = TargetStream(unlabelled, derive_seed(self.cfg.train.seed, "target_stream"))
 
     def start_streams(self, rank: int, world_size: int) -> None:
         """This rank's target share and ClassMix RNG; a resumed run then puts back this rank's saved states."""
         if self.stream is None:
             raise RuntimeError("DACSTask.attach() must run before training")
         self.stream.shard(rank, world_size)
-        self.mix_rng.manual_seed(self.cfg.train.seed + 104723 + RANK_SEED_STRIDE * rank)
+        self.mix_rng.manual_seed(derive_seed(self.cfg.train.seed, "classmix", rank=rank))
         ranks, self._saved_ranks = self._saved_ranks, None
         if ranks is None:
             return

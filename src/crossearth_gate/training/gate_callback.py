@@ -16,6 +16,7 @@ from ..heads import has_own_loss
 from ..runs.plots import plot_gate_map
 from ..util.atomic import atomic_write_json
 from ..util.errors import UserError
+from ..util.seeds import derive_seed
 from .losses import fisher_loss
 
 
@@ -88,7 +89,7 @@ class GateCallback(L.Callback):
 
     def _batches(self, device: torch.device, rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Fresh samples for every selection, and different ones on every rank (scores are summed)."""
-        seed = self.seed + 7919 * len(self.gate.history) + 104729 * rank
+        seed = derive_seed(self.seed, "fisher_samples", index=len(self.gate.history), rank=rank)
         if self.fisher_data is not None:
             yield from self.fisher_data.batches(self.num_samples, seed, device)
             return
