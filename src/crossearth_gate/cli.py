@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -111,11 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+KNOWN_WARNINGS = (
+    # Lightning 2.6 builds torch's deprecated LeafSpec in every fit/test loop (torch >= 2.9 warns each time)
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # gate.fisher_method=vmap over CPU attention: torch falls back to a loop, correct and only slower
+    (UserWarning, r"There is a performance drop because we have not yet implemented the batching rule"),
+)
+"""Library warnings that say nothing a user can act on; every other warning is shown."""
+
+
 def _quiet_libraries() -> None:
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", module="lightning")
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
