@@ -115,6 +115,10 @@ KNOWN_WARNINGS = (
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
     # gate.fisher_method=vmap over CPU attention: torch falls back to a loop, correct and only slower
     (UserWarning, r"There is a performance drop because we have not yet implemented the batching rule"),
+    # runs count steps, not epochs: Lightning logs every train.log_every steps across epoch boundaries
+    (UserWarning, r"The number of training batches \(\d+\) is smaller than the logging interval"),
+    # data.num_workers: 0 is the default on purpose (a killed run resumes bit for bit only without workers)
+    (UserWarning, r"The '\w+' does not have many workers which may be a bottleneck"),
 )
 """Library warnings that say nothing a user can act on; every other warning is shown."""
 
