@@ -29,6 +29,7 @@ from crossearth_gate.training.adaptation import (
     build_task,
     relative_weights,
 )
+from crossearth_gate.training.gate_callback import GateCallback
 from crossearth_gate.training.losses import per_sample_cross_entropy
 from crossearth_gate.training.task import SegmentationTask
 from crossearth_gate.util.errors import UserError
@@ -268,6 +269,41 @@ def test_fisher_on_pseudo_labels_equals_brute_force(method: str) -> None:
             expected[name] += sum(float(g.double().pow(2).sum()) for g in grads if g is not None)
     for name in params:
         assert stats.raw[name] == pytest.approx(expected[name] / 4, rel=1e-5, abs=1e-12), name
+
+
+def test_the_gate_callback_has_the_teacher_label_with_the_students_active_set() -> None:
+    """Through the real callback: the pseudo-labels it scores come from the active set at the selection, not
+    from the all-on set scoring switches to (the samples are drawn lazily, inside scoring)."""
+    model = tiny_segmentor()
+    teacher = EMATeacher(model, alpha=0.99)
+    with torch.no_grad():
+        for n, t in teacher.tensors().items():
+            t.mul_(4.0 if n.startswith("head.") else 1.0)
+    student_active = ["spatial.1", "semantic.0", "frequency.3"]
+    images = torch.randn(4, 3, 28, 28)
+    data = PseudoLabelledFisherData("target", _fake_task(model, teacher, 0.6), None, _Images(images))
+    scored: list[Tensor] = []
+    base = data.loss
+    data.loss = lambda outputs, packed: scored.append(packed[:, 0].long()) or base(outputs, packed)
+    task = types.SimpleNamespace(model=model)
+    callback = GateCallback(task, None, "fisher", 3, every=1, warmup=0, num_samples=4, seed=0, run_dir=None,
+                            fisher_data=data)
+    model.toolbox.set_active(student_active)
+    trainer = types.SimpleNamespace(global_step=0, global_rank=0, is_global_zero=True)
+    module = types.SimpleNamespace(model=model, device=torch.device("cpu"), log=lambda *args, **kwargs: None)
+    callback.on_train_batch_start(trainer, module, None, 0)  # type: ignore[arg-type]
+
+    assert len(callback.gate.history) == 1 and scored, "a selection was due and scored the samples"
+    drawn = torch.cat(scored)
+    loader = torch.utils.data.DataLoader(_Images(images), batch_size=4, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    sample = next(iter(loader))["image"]  # the callback's seed for the first selection on rank 0
+    labels = {}
+    for name, active in (("student", student_active), ("all", model.toolbox.slot_names)):
+        model.toolbox.set_active(active)
+        labels[name] = teacher.predict(model, sample).argmax(1)
+    assert not torch.equal(labels["student"], labels["all"]), "the active set must change the labels to bite"
+    assert torch.equal(drawn, labels["student"])
 
 
 def test_relative_weights() -> None:

@@ -87,13 +87,24 @@ class GateCallback(L.Callback):
         self._restoring_for_test = False
 
     def _batches(self, device: torch.device, rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Fresh samples for every selection, and different ones on every rank (scores are summed)."""
+        """Fresh samples for every selection, and different ones on every rank (scores are summed).
+
+        Not a generator: the DA data reads the student's active set when this is called, before scoring
+        switches every slot on. The samples are drawn only when the gate reads them (a selection is due).
+        """
         seed = self.seed + 7919 * len(self.gate.history) + 104729 * rank
         if self.fisher_data is not None:
-            yield from self.fisher_data.batches(self.num_samples, seed, device)
-            return
-        for batch in self.datamodule.fisher_dataloader(self.num_samples, seed=seed):
-            yield batch["image"].to(device), batch["mask"].to(device)
+            return self.fisher_data.batches(self.num_samples, seed, device)
+        return self._source_batches(seed, device)
+
+    def _source_batches(self, seed: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The labelled source samples, cropped from their own seeded stream and drawn in full before the
+        first is yielded: the training crops after a selection are those of a run without the gate."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            drawn = [(batch["image"].to(device), batch["mask"].to(device))
+                     for batch in self.datamodule.fisher_dataloader(self.num_samples, seed=seed)]
+        yield from drawn
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Measure (or read back from the run directory) the cost model a budgeted gate selects with."""
