@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crossearth_gate.adaptation.classmix import classmix_masks, mix
+from crossearth_gate.adaptation.classmix import classmix_masks, mix, mixed_weights
 from crossearth_gate.adaptation.photometric import gaussian_blur, strong_augment
 from crossearth_gate.adaptation.protocol import check_disjoint
 from crossearth_gate.adaptation.pseudo import Weighted, has_data, pack_targets, pseudo_labels
@@ -30,7 +30,7 @@ from crossearth_gate.training.adaptation import (
     relative_weights,
 )
 from crossearth_gate.training.gate_callback import GateCallback
-from crossearth_gate.training.losses import per_sample_cross_entropy
+from crossearth_gate.training.losses import image_weights, per_sample_cross_entropy
 from crossearth_gate.training.task import SegmentationTask
 from crossearth_gate.util.errors import UserError
 from helpers import tiny_backbone
@@ -465,3 +465,12 @@ def test_a_da_config_resumes_into_its_own_folder() -> None:
     assert config_changes(config_to_dict(cfg), cfg) == []
     other = load_config("dubai_da", [val, "data.unlabelled_target.tiles=[5]"])
     assert config_changes(config_to_dict(cfg), other) == ["data.unlabelled_target.tiles"]
+
+
+def test_a_per_image_loss_weighs_each_image_by_its_mean_pixel_weight() -> None:
+    """Mask2Former's form of the DACS weights: the mean over the image's labelled pixels, by hand."""
+    pasted = torch.tensor([[[True, False], [False, False]], [[False, False], [True, True]]])
+    weight = mixed_weights(pasted, torch.tensor([0.25, 0.0]))
+    assert weight.tolist() == [[[1.0, 0.25], [0.25, 0.25]], [[0.0, 0.0], [1.0, 1.0]]]
+    target = torch.tensor([[[0, 1], [255, 2]], [[255, 255], [255, 255]]])
+    torch.testing.assert_close(image_weights(weight, target), torch.tensor([(1 + 0.25 + 0.25) / 3, 0.0]))

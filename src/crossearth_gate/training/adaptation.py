@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..adaptation.classmix import classmix_masks, mix
+from ..adaptation.classmix import classmix_masks, mix, mixed_weights
 from ..adaptation.photometric import strong_augment
 from ..adaptation.protocol import check_disjoint
 from ..adaptation.pseudo import PseudoLabels, Weighted, has_data, pack_targets, pseudo_labels
@@ -29,7 +29,7 @@ from ..config.schema import RunConfig
 from ..heads import has_own_loss
 from ..toolbox.slots import Toolbox
 from ..util.errors import UserError
-from .losses import cross_entropy, fisher_loss, per_sample_cross_entropy, segmentation_loss
+from .losses import fisher_loss, segmentation_loss, weighted_segmentation_loss
 from .resume import gather_ranks
 from .task import SegmentationTask
 
@@ -138,14 +138,9 @@ class DACSTask(SegmentationTask):
         masks = classmix_masks(labels, self.mix_rng)
         mixed = strong_augment(mix(masks, source, target), mean, std, a, self.mix_rng)
         mixed_labels = mix(masks, labels, pseudo.labels)
-        if has_own_loss(self.model.head):  # Mask2Former: its matched losses, the mixed ones per image
-            loss_source = segmentation_loss(self.model, self.model.head_outputs(source), labels)
-            per_image = self.model.head.per_sample_loss(self.model.head_outputs(mixed), mixed_labels)
-        else:  # one forward of source and mixed images together
-            logits = self.model(torch.cat([source, mixed]))
-            loss_source = cross_entropy(logits[:n], labels)
-            per_image = per_sample_cross_entropy(logits[n:], mixed_labels)
-        loss_mixed = (pseudo.weight * per_image).mean()
+        weight = mixed_weights(masks, pseudo.weight)  # pasted source pixels 1, target pixels their image's w
+        loss_source = segmentation_loss(self.model, self.model.head_outputs(source), labels)
+        loss_mixed = weighted_segmentation_loss(self.model, self.model.head_outputs(mixed), mixed_labels, weight)
         loss = loss_source + a.mix_weight * loss_mixed
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/loss_source", loss_source, batch_size=n)

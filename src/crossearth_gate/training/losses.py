@@ -29,6 +29,29 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
 
 
+def weighted_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Σ w_p · CE_p / (number of labelled pixels) over the batch, w (B, H, W) per pixel: weights scale each
+    pixel's term, never the denominator (mmseg's reduction of a pixel-weighted loss, without its ignored pixels)."""
+    pixel = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
+    valid = target != IGNORE_INDEX
+    return (pixel * weight).sum() / valid.sum().clamp(min=1)
+
+
+def image_weights(weight: Tensor, target: Tensor) -> Tensor:
+    """(B,) mean of the per-pixel weights (B, H, W) over each image's labelled pixels (0 for an image with
+    none): the per-image form of a pixel-weighted loss, for a head whose loss is per image (Mask2Former)."""
+    valid = target != IGNORE_INDEX
+    return (weight * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
+
+
+def weighted_segmentation_loss(model: Segmentor, outputs: Any, target: Tensor, weight: Tensor) -> Tensor:
+    """The batch loss with per-pixel weights (B, H, W): per pixel for cross-entropy; for a head with its own
+    (matched, per-image) loss, each image's loss times its mean pixel weight, averaged over the batch."""
+    if has_own_loss(model.head):
+        return (image_weights(weight, target) * model.head.per_sample_loss(outputs, target)).mean()
+    return weighted_cross_entropy(model.scores(outputs, target.shape[-2:]), target, weight)
+
+
 def segmentation_loss(model: Segmentor, outputs: Any, target: Tensor) -> Tensor:
     """The batch loss of raw head outputs: the head's own (Mask2Former) or pixel cross-entropy on the logits."""
     if has_own_loss(model.head):
