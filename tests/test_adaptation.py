@@ -306,6 +306,15 @@ def test_the_gate_callback_has_the_teacher_label_with_the_students_active_set() 
     assert torch.equal(drawn, labels["student"])
 
 
+@pytest.mark.parametrize("k", [4.5, 1.5])
+def test_the_gate_callback_refuses_a_fractional_count(k: float) -> None:
+    """A count is whole: 4.5 slots is refused in one line, not truncated to 4 (9.0 from YAML is the count 9)."""
+    task = types.SimpleNamespace(model=tiny_segmentor())
+    with pytest.raises(UserError, match="k must be"):
+        GateCallback(task, None, "fisher", k, every=1, warmup=0, num_samples=2, seed=0, run_dir=None)
+    assert GateCallback(task, None, "fisher", 9.0, every=1, warmup=0, num_samples=2, seed=0, run_dir=None).gate.k == 9
+
+
 def test_relative_weights() -> None:
     torch.testing.assert_close(relative_weights(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([0.0, 1.0, 2.0]))
     assert relative_weights(torch.zeros(3)).tolist() == [1.0, 1.0, 1.0], "an unsure teacher still labels"

@@ -12,6 +12,7 @@ import torch
 
 from ..gating import Budget, BudgetedSelector, Gate, GateSchedule, make_selector, measured_cost_model
 from ..gating.fisher import PerSampleLoss
+from ..gating.selection import as_count
 from ..heads import has_own_loss
 from ..runs.plots import plot_gate_map
 from ..util.atomic import atomic_write_json
@@ -65,11 +66,11 @@ class GateCallback(L.Callback):
     def __init__(self, task: L.LightningModule, datamodule: Any, selector: str, k: float, every: int,
                  warmup: int, num_samples: int, seed: int, run_dir: Path | None, fisher_method: str = "loop",
                  budget: Budget | None = None, fisher_data: FisherData | None = None):
-        count = int(k) if k > 1 else k  # YAML gives floats: 9.0 means a count of 9, 0.25 a fraction
         chooser = make_selector(selector, seed, fisher_method)
         if budget is not None and budget.is_set:
             chooser = BudgetedSelector(chooser, budget)
-        self.gate = Gate(task.model.toolbox, chooser, count, GateSchedule(every=every, warmup=warmup), num_samples)
+        schedule = GateSchedule(every=every, warmup=warmup)
+        self.gate = Gate(task.model.toolbox, chooser, as_count(k), schedule, num_samples)
         self.datamodule = datamodule
         self.seed = seed
         self.num_samples = num_samples
