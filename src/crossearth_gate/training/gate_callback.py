@@ -17,6 +17,7 @@ from ..heads import has_own_loss
 from ..runs.plots import plot_gate_map
 from ..util.atomic import atomic_write_json
 from ..util.errors import UserError
+from .held_writes import HeldWrites
 from .losses import fisher_loss
 
 
@@ -65,7 +66,7 @@ class GateCallback(L.Callback):
 
     def __init__(self, task: L.LightningModule, datamodule: Any, selector: str, k: float, every: int,
                  warmup: int, num_samples: int, seed: int, run_dir: Path | None, fisher_method: str = "loop",
-                 budget: Budget | None = None, fisher_data: FisherData | None = None):
+                 budget: Budget | None = None, fisher_data: FisherData | None = None, held: HeldWrites | None = None):
         chooser = make_selector(selector, seed, fisher_method)
         if budget is not None and budget.is_set:
             chooser = BudgetedSelector(chooser, budget)
@@ -75,6 +76,7 @@ class GateCallback(L.Callback):
         self.seed = seed
         self.num_samples = num_samples
         self.run_dir = run_dir
+        self.held = held  # a continuation writes its artefacts aside until its first checkpoint
         self.ever_active: set[str] = set()
         self.fisher_data = fisher_data  # None: labelled source samples (DG); in DA the adaptation's samples
         if fisher_method == "vmap" and has_own_loss(task.model.head):
@@ -143,9 +145,10 @@ class GateCallback(L.Callback):
             record["data"] = data
         if self.evaluated_step is not None:
             gates["evaluated_step"] = self.evaluated_step
-        atomic_write_json(self.run_dir / "gates.json", gates)
+        place = self.held.path if self.held is not None else Path
+        atomic_write_json(place(self.run_dir / "gates.json"), gates)
         if gates["selections"]:
-            plot_gate_map(gates, self.run_dir / "gate_map.png")
+            plot_gate_map(gates, place(self.run_dir / "gate_map.png"))
 
     def state_dict(self) -> dict[str, Any]:
         return {"gate": self.gate.state_dict(), "ever_active": sorted(self.ever_active), "scored_on": self.scored_on}
