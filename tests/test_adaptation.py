@@ -20,7 +20,8 @@ from crossearth_gate.adaptation.teacher import EMATeacher
 from crossearth_gate.config.schema import DEMO_DATA, load_config
 from crossearth_gate.data.catalog import DomainSpec, Subset, list_pairs
 from crossearth_gate.gating import slot_fisher
-from crossearth_gate.model.segmentor import Segmentor
+from crossearth_gate.heads.losses import image_weights, per_sample_cross_entropy
+from crossearth_gate.model.segmentor import HeadOutputs, Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
 from crossearth_gate.training.adaptation import (
     DACSTask,
@@ -30,7 +31,6 @@ from crossearth_gate.training.adaptation import (
     relative_weights,
 )
 from crossearth_gate.training.gate_callback import GateCallback
-from crossearth_gate.training.losses import image_weights, per_sample_cross_entropy
 from crossearth_gate.training.task import SegmentationTask
 from crossearth_gate.util.errors import UserError
 from helpers import tiny_backbone
@@ -247,7 +247,7 @@ def test_fisher_on_pseudo_labels_equals_brute_force(method: str) -> None:
     batches = list(data.batches(4, seed=3, device=torch.device("cpu")))
     drawn, packed = batches[0]
     model.toolbox.set_active(student_active)
-    assert data.model is model, "an FPN segmentor is scored as it is"
+    assert isinstance(data.model, HeadOutputs) and data.model.segmentor is model, "scored on its raw head outputs"
     stats = slot_fisher(model, model.toolbox, iter(batches), data.loss, 4, method=method)
 
     # brute force: the teacher labels with the student's active set, every slot scored, one image at a time

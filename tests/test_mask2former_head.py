@@ -74,7 +74,7 @@ def test_semantic_inference_is_the_hand_computed_class_times_mask_marginal() -> 
     classes = torch.log(torch.tensor([[[1.0, 3.0, 1.0], [2.0, 1.0, 1.0]]]))
     # two pixels: sigmoid 0.5 / 0.25 for query 0, 0.75 / 0.5 for query 1
     masks = torch.tensor([[[[0.0, math.log(1 / 3)]], [[math.log(3), 0.0]]]])
-    scores = head.semantic(MaskPredictions((classes,), (masks,)), (1, 2))
+    scores = head.scores(MaskPredictions((classes,), (masks,)), (1, 2))
     expected = torch.tensor([[[[0.2 * 0.5 + 0.5 * 0.75, 0.2 * 0.25 + 0.5 * 0.5]],
                               [[0.6 * 0.5 + 0.25 * 0.75, 0.6 * 0.25 + 0.25 * 0.5]]]])
     torch.testing.assert_close(scores, expected)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -26,10 +25,9 @@ from ..adaptation.pseudo import PseudoLabels, Weighted, has_data, pack_targets, 
 from ..adaptation.settings import ADAPTATION_METHODS, FISHER_DATA
 from ..adaptation.teacher import EMATeacher
 from ..config.schema import RunConfig
-from ..heads import has_own_loss
 from ..toolbox.slots import Toolbox
 from ..util.errors import UserError
-from .losses import fisher_loss, segmentation_loss, weighted_segmentation_loss
+from .losses import fisher_loss, segmentation_loss
 from .resume import gather_ranks
 from .task import SegmentationTask
 
@@ -140,7 +138,7 @@ class DACSTask(SegmentationTask):
         mixed_labels = mix(masks, labels, pseudo.labels)
         weight = mixed_weights(masks, pseudo.weight)  # pasted source pixels 1, target pixels their image's w
         loss_source = segmentation_loss(self.model, self.model.head_outputs(source), labels)
-        loss_mixed = weighted_segmentation_loss(self.model, self.model.head_outputs(mixed), mixed_labels, weight)
+        loss_mixed = segmentation_loss(self.model, self.model.head_outputs(mixed), mixed_labels, weight)
         loss = loss_source + a.mix_weight * loss_mixed
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/loss_source", loss_source, batch_size=n)
@@ -155,11 +153,7 @@ class DACSTask(SegmentationTask):
 
     def _pseudo(self, images: Tensor) -> PseudoLabels:
         mean, std = self.stats
-        scores = self.teacher.predict(self.model, images)
-        if has_own_loss(self.model.head):  # Mask2Former's class scores are sums of probabilities
-            probabilities = scores.float() / scores.float().sum(1, keepdim=True).clamp(min=1e-12)
-        else:
-            probabilities = F.softmax(scores.float(), dim=1)
+        probabilities = self.model.head.probabilities(self.teacher.predict(self.model, images))
         return pseudo_labels(probabilities, has_data(images, mean, std), self.cfg.adaptation.confidence)
 
     def pseudo_label(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -208,8 +202,8 @@ def relative_weights(weight: Tensor) -> Tensor:
 class PseudoLabelledFisherData:
     """The gate's samples in DA: target images with teacher pseudo-labels and weights, source images, or both.
 
-    ``model`` and ``loss`` are what the gate scores: the segmentor (or, for a head with its own loss, its
-    raw outputs) and that loss per image, weighted. Targets are packed (labels, weight); source samples
+    ``model`` and ``loss`` are what the gate scores: the segmentor's raw head outputs and the head's loss
+    per image, weighted. Targets are packed (labels, weight); source samples
     get weight 1.
     Target weights are taken relative to their mean (``relative_weights``): selection normalises scores
     per type, so a common scale never changes it, and a teacher not yet sure of any pixel (all w = 0)

@@ -13,7 +13,6 @@ import torch
 from ..gating import Budget, BudgetedSelector, Gate, GateSchedule, make_selector, measured_cost_model
 from ..gating.fisher import PerSampleLoss
 from ..gating.selection import as_count
-from ..heads import has_own_loss
 from ..runs.plots import plot_gate_map
 from ..util.atomic import atomic_write_json
 from ..util.errors import UserError
@@ -79,7 +78,7 @@ class GateCallback(L.Callback):
         self.held = held  # a continuation writes its artefacts aside until its first checkpoint
         self.ever_active: set[str] = set()
         self.fisher_data = fisher_data  # None: labelled source samples (DG); in DA the adaptation's samples
-        if fisher_method == "vmap" and has_own_loss(task.model.head):
+        if fisher_method == "vmap" and not task.model.head.supports_vmap:
             raise UserError("gate.fisher_method vmap cannot differentiate a head loss with Hungarian matching "
                             "(scipy): use loop")
         scored, source_loss = fisher_loss(task.model)  # the head's own loss of one image, or pixel CE
