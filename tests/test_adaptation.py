@@ -17,7 +17,7 @@ from crossearth_gate.adaptation.protocol import check_disjoint
 from crossearth_gate.adaptation.pseudo import Weighted, has_data, pack_targets, pseudo_labels
 from crossearth_gate.adaptation.settings import AdaptationConfig
 from crossearth_gate.adaptation.teacher import EMATeacher
-from crossearth_gate.config.schema import DEMO_DATA, load_config
+from crossearth_gate.config.schema import DEMO_DATA, GateConfig, load_config
 from crossearth_gate.data.catalog import DomainSpec, Subset, list_pairs
 from crossearth_gate.gating import slot_fisher
 from crossearth_gate.heads.losses import image_weights, per_sample_cross_entropy
@@ -286,8 +286,7 @@ def test_the_gate_callback_has_the_teacher_label_with_the_students_active_set() 
     base = data.loss
     data.loss = lambda outputs, packed: scored.append(packed[:, 0].long()) or base(outputs, packed)
     task = types.SimpleNamespace(model=model)
-    callback = GateCallback(task, None, "fisher", 3, every=1, warmup=0, num_samples=4, seed=0, run_dir=None,
-                            fisher_data=data)
+    callback = GateCallback(GateConfig(k=3, every=1, num_samples=4), task, seed=0, fisher_data=data)
     model.toolbox.set_active(student_active)
     trainer = types.SimpleNamespace(global_step=0, global_rank=0, is_global_zero=True)
     module = types.SimpleNamespace(model=model, device=torch.device("cpu"), log=lambda *args, **kwargs: None)
@@ -311,8 +310,8 @@ def test_the_gate_callback_refuses_a_fractional_count(k: float) -> None:
     """A count is whole: 4.5 slots is refused in one line, not truncated to 4 (9.0 from YAML is the count 9)."""
     task = types.SimpleNamespace(model=tiny_segmentor())
     with pytest.raises(UserError, match="k must be"):
-        GateCallback(task, None, "fisher", k, every=1, warmup=0, num_samples=2, seed=0, run_dir=None)
-    assert GateCallback(task, None, "fisher", 9.0, every=1, warmup=0, num_samples=2, seed=0, run_dir=None).gate.k == 9
+        GateCallback(GateConfig(k=k, num_samples=2), task, seed=0)
+    assert GateCallback(GateConfig(k=9.0, num_samples=2), task, seed=0).gate.k == 9
 
 
 def test_relative_weights() -> None:

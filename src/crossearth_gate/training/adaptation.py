@@ -88,8 +88,8 @@ class DACSTask(SegmentationTask):
     """Loss = CE(source) + λ · mean_j w_j · CE(mixed_j, ClassMix label_j), the EMA teacher updated after every step."""
 
     def __init__(self, cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
-                 target_names: list[str]):
-        super().__init__(cfg, classes, palette, target_names)
+                 target_names: list[str], sample_dir: Path | None = None):
+        super().__init__(cfg, classes, palette, target_names, sample_dir)
         self.teacher = EMATeacher(self.model, cfg.adaptation.ema_alpha)
         self.mix_rng = torch.Generator()
         self.stream: TargetStream | None = None
@@ -243,7 +243,7 @@ class PseudoLabelledFisherData:
 
 
 def build_task(cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
-               target_names: list[str]) -> SegmentationTask:
+               target_names: list[str], sample_dir: Path | None = None) -> SegmentationTask:
     """The DG task, or the DACS task when ``train.adaptation`` asks for it (config checked here)."""
     method, fisher = cfg.train.adaptation, cfg.gate.fisher_data
     if method not in ADAPTATION_METHODS:
@@ -253,14 +253,14 @@ def build_task(cfg: RunConfig, classes: list[str], palette: list[tuple[int, int,
     if method == "none":
         if fisher not in (None, "source"):
             raise UserError(f"gate.fisher_data={fisher} needs pseudo-labels: set train.adaptation=dacs")
-        return SegmentationTask(cfg, classes, palette, target_names)
+        return SegmentationTask(cfg, classes, palette, target_names, sample_dir)
     if cfg.data.unlabelled_target is None:
         raise UserError("train.adaptation=dacs needs data.unlabelled_target (the target images to adapt to)")
     a = cfg.adaptation
     if not 0 <= a.ema_alpha < 1 or not 0 <= a.confidence < 1 or a.mix_weight < 0:
         raise UserError("adaptation: need 0 <= ema_alpha < 1, 0 <= confidence < 1 and mix_weight >= 0")
     check_disjoint(cfg.data.unlabelled_target, cfg.data.targets, a.transductive)
-    return DACSTask(cfg, classes, palette, target_names)
+    return DACSTask(cfg, classes, palette, target_names, sample_dir)
 
 
 def prepare_adaptation(cfg: RunConfig, task: SegmentationTask, datamodule: Any) -> PseudoLabelledFisherData | None:

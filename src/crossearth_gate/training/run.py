@@ -111,7 +111,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     info = get_dataset_info(cfg.data.source.dataset)
     validate = cfg.data.val is not None or cfg.data.val_fraction > 0
     domains = [SOURCE_VAL, *cfg.data.targets] if validate else list(cfg.data.targets)
-    task = build_task(cfg, list(info.classes), list(info.palette), domains)
+    task = build_task(cfg, list(info.classes), list(info.palette), domains, run_dir / "samples")
     backbone = task.model.backbone.info
     datamodule = build_datamodule(cfg, backbone.mean, backbone.std)
     datamodule.setup("fit")
@@ -132,9 +132,8 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
                                     held=held))
     gate_cb = None
     if cfg.gate.enabled:
-        g = cfg.gate
-        gate_cb = GateCallback(task, datamodule, g.selector, g.k, g.every, g.warmup, g.num_samples,
-                               cfg.train.seed, run_dir, g.fisher_method, g.budget, fisher_data, held)
+        gate_cb = GateCallback(cfg.gate, task, seed=cfg.train.seed, datamodule=datamodule, run_dir=run_dir,
+                               fisher_data=fisher_data, held=held)
         callbacks.append(gate_cb)
     timer = StepTimer()  # after the gate callback: a selection at batch start is not part of the step
     callbacks.append(timer)
@@ -146,18 +145,15 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     except BaseException:
         held.discard()  # a continuation that failed before its first checkpoint leaves the folder as it was
         raise
-    trained_to = trainer.global_step
 
     # source-selected checkpoint when validating; otherwise the final weights, already in memory
     best = (checkpoint.best_model_path or None) if checkpoint is not None else None
-    task.sample_dir = run_dir / "samples"
     loaders = [datamodule.val_dataloader()] if validate else []
     loaders += datamodule.test_dataloader()
     trainer.test(task, dataloaders=loaders, ckpt_path=best, verbose=False)
     if not trainer.is_global_zero:
         return None
     if gate_cb is not None:
-        gate_cb.evaluated_step = gate_cb.evaluated_step if best else trained_to
         gate_cb.write_artefacts()
     write_adaptation_figures(cfg, run_dir)
     return write_run_artefacts(cfg, run_dir, task, gate_cb, best, trainer.world_size, timer)
