@@ -84,7 +84,7 @@ class GateCallback(L.Callback):
         if g.fisher_method == "vmap" and not task.model.head.supports_vmap:
             raise UserError("gate.fisher_method vmap cannot differentiate a head loss with Hungarian matching "
                             "(scipy): use loop")
-        scored, source_loss = fisher_loss(task.model)  # the head's own loss of one image, or pixel CE
+        scored, source_loss = fisher_loss(task.model)  # raw head outputs and the head's loss of one image
         self.scored = fisher_data.model if fisher_data is not None else scored
         self.loss = fisher_data.loss if fisher_data is not None else source_loss
         self.scored_on: list[str] = []  # per selection: which data scored it (gates.json "data")
