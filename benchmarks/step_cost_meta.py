@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from crossearth_gate.benchmark.measure import counting_saved_bytes
 from crossearth_gate.config.schema import load_config
-from crossearth_gate.training.losses import cross_entropy
+from crossearth_gate.heads.losses import cross_entropy
 from crossearth_gate.training.task import build_segmentor
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "benchmarks" / "casid_sub2tem.yaml"

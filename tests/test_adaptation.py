@@ -11,16 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crossearth_gate.adaptation.classmix import classmix_masks, mix
+from crossearth_gate.adaptation.classmix import classmix_masks, mix, mixed_weights
 from crossearth_gate.adaptation.photometric import gaussian_blur, strong_augment
 from crossearth_gate.adaptation.protocol import check_disjoint
 from crossearth_gate.adaptation.pseudo import Weighted, has_data, pack_targets, pseudo_labels
 from crossearth_gate.adaptation.settings import AdaptationConfig
 from crossearth_gate.adaptation.teacher import EMATeacher
-from crossearth_gate.config.schema import DEMO_DATA, load_config
+from crossearth_gate.config.schema import DEMO_DATA, GateConfig, load_config
 from crossearth_gate.data.catalog import DomainSpec, Subset, list_pairs
 from crossearth_gate.gating import slot_fisher
-from crossearth_gate.model.segmentor import Segmentor
+from crossearth_gate.heads.losses import image_weights, per_sample_cross_entropy
+from crossearth_gate.model.segmentor import HeadOutputs, Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
 from crossearth_gate.training.adaptation import (
     DACSTask,
@@ -29,7 +30,7 @@ from crossearth_gate.training.adaptation import (
     build_task,
     relative_weights,
 )
-from crossearth_gate.training.losses import per_sample_cross_entropy
+from crossearth_gate.training.gate_callback import GateCallback
 from crossearth_gate.training.task import SegmentationTask
 from crossearth_gate.util.errors import UserError
 from helpers import tiny_backbone
@@ -246,7 +247,7 @@ def test_fisher_on_pseudo_labels_equals_brute_force(method: str) -> None:
     batches = list(data.batches(4, seed=3, device=torch.device("cpu")))
     drawn, packed = batches[0]
     model.toolbox.set_active(student_active)
-    assert data.model is model, "an FPN segmentor is scored as it is"
+    assert isinstance(data.model, HeadOutputs) and data.model.segmentor is model, "scored on its raw head outputs"
     stats = slot_fisher(model, model.toolbox, iter(batches), data.loss, 4, method=method)
 
     # brute force: the teacher labels with the student's active set, every slot scored, one image at a time
@@ -268,6 +269,49 @@ def test_fisher_on_pseudo_labels_equals_brute_force(method: str) -> None:
             expected[name] += sum(float(g.double().pow(2).sum()) for g in grads if g is not None)
     for name in params:
         assert stats.raw[name] == pytest.approx(expected[name] / 4, rel=1e-5, abs=1e-12), name
+
+
+def test_the_gate_callback_has_the_teacher_label_with_the_students_active_set() -> None:
+    """Through the real callback: the pseudo-labels it scores come from the active set at the selection, not
+    from the all-on set scoring switches to (the samples are drawn lazily, inside scoring)."""
+    model = tiny_segmentor()
+    teacher = EMATeacher(model, alpha=0.99)
+    with torch.no_grad():
+        for n, t in teacher.tensors().items():
+            t.mul_(4.0 if n.startswith("head.") else 1.0)
+    student_active = ["spatial.1", "semantic.0", "frequency.3"]
+    images = torch.randn(4, 3, 28, 28)
+    data = PseudoLabelledFisherData("target", _fake_task(model, teacher, 0.6), None, _Images(images))
+    scored: list[Tensor] = []
+    base = data.loss
+    data.loss = lambda outputs, packed: scored.append(packed[:, 0].long()) or base(outputs, packed)
+    task = types.SimpleNamespace(model=model)
+    callback = GateCallback(GateConfig(k=3, every=1, num_samples=4), task, seed=0, fisher_data=data)
+    model.toolbox.set_active(student_active)
+    trainer = types.SimpleNamespace(global_step=0, global_rank=0, is_global_zero=True)
+    module = types.SimpleNamespace(model=model, device=torch.device("cpu"), log=lambda *args, **kwargs: None)
+    callback.on_train_batch_start(trainer, module, None, 0)  # type: ignore[arg-type]
+
+    assert len(callback.gate.history) == 1 and scored, "a selection was due and scored the samples"
+    drawn = torch.cat(scored)
+    loader = torch.utils.data.DataLoader(_Images(images), batch_size=4, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    sample = next(iter(loader))["image"]  # the callback's seed for the first selection on rank 0
+    labels = {}
+    for name, active in (("student", student_active), ("all", model.toolbox.slot_names)):
+        model.toolbox.set_active(active)
+        labels[name] = teacher.predict(model, sample).argmax(1)
+    assert not torch.equal(labels["student"], labels["all"]), "the active set must change the labels to bite"
+    assert torch.equal(drawn, labels["student"])
+
+
+@pytest.mark.parametrize("k", [4.5, 1.5])
+def test_the_gate_callback_refuses_a_fractional_count(k: float) -> None:
+    """A count is whole: 4.5 slots is refused in one line, not truncated to 4 (9.0 from YAML is the count 9)."""
+    task = types.SimpleNamespace(model=tiny_segmentor())
+    with pytest.raises(UserError, match="k must be"):
+        GateCallback(GateConfig(k=k, num_samples=2), task, seed=0)
+    assert GateCallback(GateConfig(k=9.0, num_samples=2), task, seed=0).gate.k == 9
 
 
 def test_relative_weights() -> None:
@@ -429,3 +473,12 @@ def test_a_da_config_resumes_into_its_own_folder() -> None:
     assert config_changes(config_to_dict(cfg), cfg) == []
     other = load_config("dubai_da", [val, "data.unlabelled_target.tiles=[5]"])
     assert config_changes(config_to_dict(cfg), other) == ["data.unlabelled_target.tiles"]
+
+
+def test_a_per_image_loss_weighs_each_image_by_its_mean_pixel_weight() -> None:
+    """Mask2Former's form of the DACS weights: the mean over the image's labelled pixels, by hand."""
+    pasted = torch.tensor([[[True, False], [False, False]], [[False, False], [True, True]]])
+    weight = mixed_weights(pasted, torch.tensor([0.25, 0.0]))
+    assert weight.tolist() == [[[1.0, 0.25], [0.25, 0.25]], [[0.0, 0.0], [1.0, 1.0]]]
+    target = torch.tensor([[[0, 1], [255, 2]], [[255, 255], [255, 255]]])
+    torch.testing.assert_close(image_weights(weight, target), torch.tensor([(1 + 0.25 + 0.25) / 3, 0.0]))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from crossearth_gate.adaptation.pseudo import PseudoLabels
 from crossearth_gate.cli import main
 from crossearth_gate.config.schema import DEMO_DATA, load_config
 from crossearth_gate.data.catalog import get_dataset_info
@@ -203,3 +204,43 @@ def test_killed_two_process_da_run_resumes_exactly(maskless_root: Path, tmp_path
     streams = [rank["stream"] for rank in last["adaptation"]["ranks"]]
     assert len(streams) == 2 and not torch.equal(streams[0]["rng_state"], streams[1]["rng_state"])
     assert streams[0]["epoch"] == streams[1]["epoch"] and streams[0]["position"] == streams[1]["position"]
+
+
+def test_the_mixed_term_weighs_pasted_source_pixels_1_and_target_pixels_by_confidence(
+        make_task: Callable[[], DACSTask], monkeypatch: pytest.MonkeyPatch) -> None:
+    """DACS's per-pixel weights through the real training step, against a pixel-by-pixel hand computation:
+    an image whose teacher is sure of nothing (w = 0) still learns from the source pixels pasted onto it."""
+    task = make_task()
+    task.start_streams(0, 1)
+    gen = torch.Generator().manual_seed(5)
+    source, target = torch.randn(2, 3, 28, 28, generator=gen), torch.randn(2, 3, 28, 28, generator=gen)
+    labels = torch.randint(0, 3, (2, 28, 28), generator=gen)
+    labels[0, :3] = 255
+    pseudo = torch.randint(0, 3, (2, 28, 28), generator=gen)
+    pseudo[1, :, :2] = 255  # no data
+    pasted = torch.rand(2, 28, 28, generator=gen) < 0.4
+    pasted &= labels != 255
+    confident = torch.tensor([0.5, 0.0])
+    monkeypatch.setattr(task.stream, "next_batch", lambda n: target)
+    monkeypatch.setattr(task, "_pseudo", lambda images: PseudoLabels(pseudo, torch.ones(2, 28, 28), pseudo != 255,
+                                                                      confident))
+    monkeypatch.setattr("crossearth_gate.training.adaptation.classmix_masks", lambda labels, rng: pasted)
+    monkeypatch.setattr("crossearth_gate.training.adaptation.strong_augment", lambda images, *args: images)
+    logged: dict[str, float] = {}
+    monkeypatch.setattr(task, "log", lambda name, value, **kwargs: logged.__setitem__(name, float(value)))
+    task.training_step({"image": source, "mask": labels}, 0)
+
+    mixed = torch.where(pasted[:, None], source, target)
+    with torch.no_grad():
+        log_p = task.model(mixed).double().log_softmax(1)
+    total, count = 0.0, 0
+    for j in range(2):
+        for y in range(28):
+            for x in range(28):
+                label = int(labels[j, y, x]) if pasted[j, y, x] else int(pseudo[j, y, x])
+                if label == 255:
+                    continue
+                weight = 1.0 if pasted[j, y, x] else float(confident[j])
+                total += weight * -float(log_p[j, label, y, x])
+                count += 1
+    assert logged["train/loss_mixed"] == pytest.approx(total / count, rel=1e-5)

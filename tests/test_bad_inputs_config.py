@@ -11,6 +11,7 @@ import pytest
 from bad_inputs import TINY, cli, fit_argv
 from crossearth_gate.config.schema import load_config
 from crossearth_gate.config.validation import check_runtime
+from crossearth_gate.util.errors import UserError
 
 # (override, what the one line must name); each is refused before anything is written
 BAD_OVERRIDES = [
@@ -58,6 +59,7 @@ BAD_OVERRIDES = [
     ("data.val={dataset: dubai, root: /no/such/val}", "/no/such/val"),
     ("data.unlabelled_target={dataset: vaihingen, root: /no/such/unlabelled}", "/no/such/unlabelled"),
     ("gate.k=2.5", "gate.k"),
+    ("gate.k=4.5", "gate.k"),
     ("gate.k=0", "gate.k"),
     ("gate.k=-1", "gate.k"),
     ("gate.k=100", "gate.k"),
@@ -120,6 +122,14 @@ def test_bad_config_file(case: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     cli(capsys, tmp_path, fit_argv(out, config=path.name if case == "unknown_packaged_name" else str(path)), 2,
         needle)
     assert not out.exists()
+
+
+def test_a_fractional_count_in_a_config_file_is_refused(tmp_path: Path) -> None:
+    """``k: 4.5`` is neither a count nor a fraction: refused where the file is read, never truncated to 4."""
+    path = _write(tmp_path / "k.yaml", "_base_: demo\ngate:\n  k: 4.5\n")
+    with pytest.raises(UserError, match="gate.k") as err:
+        load_config(str(path))
+    assert "\n" not in str(err.value)
 
 
 def test_a_local_folder_never_shadows_a_packaged_config(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -5,11 +5,14 @@ file an earlier command wrote is never replaced."""
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file
 
 from bad_inputs import ERROR, TINY, cli_subprocess, rgb_png, tiny_model
 from crossearth_gate.cli import main
@@ -93,3 +96,44 @@ def test_full_disk_during_fit_keeps_the_earlier_checkpoint(gate: str, tmp_path: 
     one_error_line(result, "cannot write")
     assert [digest(p) for p in kept] == before
     no_temporary_files(run)
+
+
+def folder_digests(run: Path) -> dict[str, str]:
+    """sha256 of every file in the folder (hidden ones included), by relative path."""
+    return {str(p.relative_to(run)): digest(p) for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def outcome(run: Path) -> dict[str, object]:
+    """What a finished run reports: metrics (step timings aside), gate history and map, log, config, weights."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.pop("timing")
+    weights = load_file(str(run / "trainable.safetensors"))
+    return {
+        "metrics": metrics,
+        "weights": {name: hashlib.sha256(t.numpy().tobytes()).hexdigest() for name, t in weights.items()},
+        **{name: digest(run / name) for name in ("gates.json", "gate_map.png", "logs/metrics.csv", "config.yaml")},
+    }
+
+
+@pytest.mark.slow
+def test_a_continuation_that_fails_half_way_leaves_the_run_as_it_was(tmp_path: Path) -> None:
+    """A finished 2-step run continued to 6 steps on a full disk: every file of the folder is as it was (config,
+    gate history and map, log, checkpoints, metrics, weights); the same command with room then ends exactly as
+    the continuation that never failed."""
+    run = tmp_path / "run"
+    argv = ["fit", "--config", "demo", "--out", str(run), *TINY, "train.log_every=1"]
+    assert cli_subprocess([*argv, "train.max_steps=2"], tmp_path).returncode == 0
+    saved = tmp_path / "saved"
+    shutil.copytree(run, saved)
+    assert cli_subprocess([*argv, "train.max_steps=6"], tmp_path).returncode == 0
+    uninterrupted = outcome(run)
+    shutil.rmtree(run)
+    shutil.copytree(saved, run)
+
+    before = folder_digests(run)
+    one_error_line(cli_subprocess([*argv, "train.max_steps=6"], tmp_path, file_limit=64 * 1024), "cannot write")
+    assert folder_digests(run) == before
+    no_temporary_files(run)
+    again = cli_subprocess([*argv, "train.max_steps=6"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert outcome(run) == uninterrupted

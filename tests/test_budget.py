@@ -29,9 +29,9 @@ from crossearth_gate.gating import (
     top_k,
 )
 from crossearth_gate.gating.calibration import fit_cost_model, load_or_measure, probe_sets, shared, type_param_counts
+from crossearth_gate.heads.losses import per_sample_cross_entropy
 from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import SLOT_TYPES, ToolboxConfig
-from crossearth_gate.training.losses import per_sample_cross_entropy
 from crossearth_gate.util.errors import UserError
 from helpers import images, tiny_backbone
 from test_cli_e2e import run_cli

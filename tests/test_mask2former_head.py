@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from crossearth_gate.cli import main
-from crossearth_gate.config.schema import load_config
+from crossearth_gate.config.schema import GateConfig, load_config
 from crossearth_gate.gating import slot_fisher
 from crossearth_gate.heads import build_head
 from crossearth_gate.heads.mask2former import MaskPredictions, semantic_targets
@@ -74,7 +74,7 @@ def test_semantic_inference_is_the_hand_computed_class_times_mask_marginal() -> 
     classes = torch.log(torch.tensor([[[1.0, 3.0, 1.0], [2.0, 1.0, 1.0]]]))
     # two pixels: sigmoid 0.5 / 0.25 for query 0, 0.75 / 0.5 for query 1
     masks = torch.tensor([[[[0.0, math.log(1 / 3)]], [[math.log(3), 0.0]]]])
-    scores = head.semantic(MaskPredictions((classes,), (masks,)), (1, 2))
+    scores = head.scores(MaskPredictions((classes,), (masks,)), (1, 2))
     expected = torch.tensor([[[[0.2 * 0.5 + 0.5 * 0.75, 0.2 * 0.25 + 0.5 * 0.5]],
                               [[0.6 * 0.5 + 0.25 * 0.75, 0.6 * 0.25 + 0.25 * 0.5]]]])
     torch.testing.assert_close(scores, expected)
@@ -135,7 +135,7 @@ def test_the_gate_scores_slots_with_the_mask2former_loss() -> None:
 def test_vmap_fisher_is_refused_with_one_line() -> None:
     task = SimpleNamespace(model=tiny_segmentor())
     with pytest.raises(UserError, match="vmap"):
-        GateCallback(task, None, "fisher", 0.25, 10, 0, 2, 0, None, fisher_method="vmap")
+        GateCallback(GateConfig(k=0.25, every=10, num_samples=2, fisher_method="vmap"), task, seed=0)
 
 
 def saved_model(tmp_path: Path) -> Path:

@@ -1,5 +1,6 @@
 """Metrics must match mmsegmentation's definitions and pool pixels over a whole domain."""
 
+import math
 from fractions import Fraction
 
 import pytest
@@ -35,16 +36,25 @@ def test_hand_computed_confusion_and_scores() -> None:
     scores = metrics_from_confusion(confmat, NAMES)
     # road: TP 2, FP 1, FN 2; tree: TP 3, FP 1, FN 2; water: TP 0, FP 2, FN 0.
     iou = {"road": Fraction(2, 5), "tree": Fraction(3, 6), "water": Fraction(0)}
-    f1 = {"road": Fraction(4, 7), "tree": Fraction(6, 9), "water": Fraction(0)}
+    # F1 = 2PR / (P + R), mmseg's fscore: road P 2/3, R 2/4; tree P 3/4, R 3/5; water P 0/2, R 0/0 (NaN):
+    # a class without a true positive has no F1 and drops out of mF1 (mmseg's nan-mean).
+    f1 = {"road": Fraction(4, 7), "tree": Fraction(6, 9)}
     for name in iou:
         assert scores["per_class_iou"][name] == pytest.approx(_pct(iou[name]))
+    for name in f1:
         assert scores["per_class_f1"][name] == pytest.approx(_pct(f1[name]))
     assert scores["per_class_iou"]["car"] is None
-    assert scores["per_class_f1"]["car"] is None
+    assert scores["per_class_f1"]["car"] is None and scores["per_class_f1"]["water"] is None
     assert scores["mIoU"] == pytest.approx(_pct(sum(iou.values()) / 3))
-    assert scores["mF1"] == pytest.approx(_pct(sum(f1.values()) / 3))
+    assert scores["mF1"] == pytest.approx(_pct((Fraction(4, 7) + Fraction(6, 9)) / 2))
     assert scores["OA"] == pytest.approx(_pct(Fraction(5, 9)))
     assert all(isinstance(scores[key], float) for key in ("mIoU", "mF1", "OA"))
+
+
+def test_mf1_is_nan_when_no_class_has_a_true_positive() -> None:
+    scores = metrics_from_confusion(torch.tensor([[0, 3], [2, 0]]), NAMES[:2])
+    assert math.isnan(scores["mF1"]) and scores["mIoU"] == 0.0
+    assert scores["per_class_f1"] == {"road": None, "tree": None}
 
 
 def test_empty_matrix_raises() -> None:
@@ -79,7 +89,10 @@ def _brute_force(pairs: list[tuple[int, int]], num_classes: int, ignore: int = 2
     for c in range(num_classes):
         if tp[c] + fp[c] + fn[c]:
             ious.append(100 * tp[c] / (tp[c] + fp[c] + fn[c]))
-            f1s.append(100 * 2 * tp[c] / (2 * tp[c] + fp[c] + fn[c]))
+        precision = tp[c] / (tp[c] + fp[c]) if tp[c] + fp[c] else math.nan
+        recall = tp[c] / (tp[c] + fn[c]) if tp[c] + fn[c] else math.nan
+        if precision + recall > 0:  # False for NaN and for 0 + 0: mmseg's F-score is NaN there
+            f1s.append(100 * 2 * precision * recall / (precision + recall))
     return {"mIoU": sum(ious) / len(ious), "mF1": sum(f1s) / len(f1s), "OA": 100 * correct / total}
 
 

@@ -2,7 +2,9 @@
 
 The mixed label is the source label where pasted and the teacher's pseudo-label elsewhere. Source
 pixels labelled 255 belong to no class, so they are never pasted: an ignored pixel never lends its
-image to the mix, and the target's own ignored pixels (no pseudo-label) stay 255.
+image to the mix, and the target's own ignored pixels (no pseudo-label) stay 255. The mixed pixels'
+loss weights follow the same mask (DACS): 1 where the source's ground truth was pasted, the target
+image's confidence weight elsewhere, so an unsure teacher never switches off the pasted ground truth.
 """
 
 from __future__ import annotations
@@ -31,3 +33,10 @@ def mix(mask: Tensor, source: Tensor, target: Tensor) -> Tensor:
     """Source where ``mask`` (B, H, W), target elsewhere; images (B, C, H, W) or labels (B, H, W)."""
     m = mask.unsqueeze(1) if source.dim() == 4 else mask
     return torch.where(m, source, target)
+
+
+def mixed_weights(mask: Tensor, target_weight: Tensor) -> Tensor:
+    """(B, H, W) per-pixel loss weights of mixed images: 1 on pasted source pixels (``mask``), image j's
+    confidence weight ``target_weight[j]`` (B,) on its target pixels."""
+    weight = target_weight.to(torch.float32).view(-1, 1, 1).expand(mask.shape)
+    return torch.where(mask, torch.ones_like(weight), weight)

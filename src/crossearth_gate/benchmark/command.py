@@ -66,8 +66,8 @@ def select_sets(setup: BenchSetup) -> dict[str, Any]:
     """Phase 1: the real Fisher selection, the compute-aware one on the same scores, and merged inference."""
     from ..gating import FisherSelector, budgeted_top_k, calibrate, resolve_k
     from ..gating.budget import budget_record
+    from ..heads.losses import per_sample_cross_entropy
     from ..model.merge import merge_for_inference
-    from ..training.losses import per_sample_cross_entropy
     from ..training.run import build_datamodule
     from .measure import bench_config, build_model, inference_s, optimizer_of, timed, train_step
 

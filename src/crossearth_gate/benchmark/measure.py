@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from ..config.schema import RunConfig, load_config
+from ..heads.losses import cross_entropy
 from ..model.segmentor import Segmentor
-from ..training.losses import cross_entropy
 
 LR = 3e-4  # the demo's; only the optimiser's work matters here, not where it leads
 

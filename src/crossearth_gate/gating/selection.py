@@ -64,6 +64,12 @@ def resolve_k(k: int | float, num_slots: int) -> int:
     raise UserError(f"k must be an integer in [1, {num_slots}] or a fraction in (0, 1], got {k!r}")
 
 
+def as_count(k: int | float) -> int | float:
+    """YAML gives floats: ``9.0`` is the count 9; ``0.25`` stays a fraction, and ``4.5`` stays a float that
+    ``resolve_k`` refuses (never truncated to a count of 4)."""
+    return int(k) if isinstance(k, float) and k > 1 and k.is_integer() else k
+
+
 def _check_k(k: int, num_slots: int) -> None:
     if not 1 <= k <= num_slots:
         raise UserError(f"cannot select {k} of {num_slots} slots")

@@ -1,17 +1,18 @@
 """Decoder heads. Registry by name so new heads plug in without touching callers.
 
-A head maps the backbone's multi-level features to raw outputs. The FPN head's outputs are logits
-(pixel cross-entropy trains them); a head with its own outputs also defines ``semantic(outputs, size)``
-(class scores for argmax and window blending), ``loss(outputs, target)`` and ``per_sample_loss`` (B,).
-Mask2Former lives in an optional extra (transformers), so it is imported only when asked for.
+Every head is a ``SegmentationHead``: it maps the backbone's multi-level features to raw outputs (logits
+at stride p/4 for FPN, per-query classes and masks for Mask2Former) and says what they mean: class scores
+at a size (argmax and window blending), class probabilities, its loss and its per-sample loss. Callers
+never ask which head they hold. Mask2Former lives in an optional extra (transformers), so it is imported
+only when asked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..util.errors import UserError
 from .fpn import FPNHead
@@ -41,6 +42,25 @@ def build_head(name: str, in_channels: int, num_levels: int, num_classes: int, c
     return HEADS[name](in_channels, num_levels, num_classes, channels, **(options or {}))
 
 
-def has_own_loss(head: nn.Module) -> bool:
-    """Heads with raw outputs other than logits (Mask2Former) bring their loss; others train with cross-entropy."""
-    return hasattr(head, "loss")
+class SegmentationHead(Protocol):
+    """What the segmentor, the training task, DACS and the Fisher gate need from a head."""
+
+    supports_vmap: bool  # can torch.func.vmap differentiate its per-sample loss (gate.fisher_method vmap)?
+
+    def __call__(self, features: list[Tensor]) -> Any: ...
+
+    def scores(self, outputs: Any, size: tuple[int, int]) -> Tensor:
+        """Class scores (B, C, H, W) at ``size``: their argmax is the prediction, windows blend them."""
+        ...
+
+    def probabilities(self, scores: Tensor) -> Tensor:
+        """Class probabilities (B, C, H, W) from ``scores`` (what a teacher's confidence is read from)."""
+        ...
+
+    def loss(self, outputs: Any, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """The batch loss against labels (B, H, W), optionally with per-pixel weights (B, H, W)."""
+        ...
+
+    def per_sample_loss(self, outputs: Any, target: Tensor) -> Tensor:
+        """(B,): each image's loss as a batch of one (what the Fisher gate squares gradients of)."""
+        ...

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .losses import cross_entropy, per_sample_cross_entropy, weighted_cross_entropy
+
 
 def _conv_gn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
     return nn.Sequential(
@@ -28,7 +30,10 @@ def _conv_gn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
 
 
 class FPNHead(nn.Module):
-    """Simple pyramid + FPN over ViT features from several depths; logits at stride p/4."""
+    """Simple pyramid + FPN over ViT features from several depths; logits at stride p/4, trained with pixel
+    cross-entropy on the logits resized to the labels."""
+
+    supports_vmap = True
 
     def __init__(self, in_channels: int, num_levels: int, num_classes: int, channels: int = 128):
         super().__init__()
@@ -59,3 +64,18 @@ class FPNHead(nn.Module):
         ]
         return self.classifier(self.fuse(torch.cat(outs, dim=1)))
 
+
+    def scores(self, outputs: Tensor, size: tuple[int, int]) -> Tensor:
+        """The logits resized (bilinear) to ``size``."""
+        return F.interpolate(outputs, size=size, mode="bilinear", align_corners=False)
+
+    def probabilities(self, scores: Tensor) -> Tensor:
+        return F.softmax(scores.float(), dim=1)
+
+    def loss(self, outputs: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Mean pixel cross-entropy over the batch's labelled pixels (each term times its weight, if given)."""
+        logits = self.scores(outputs, target.shape[-2:])
+        return cross_entropy(logits, target) if weight is None else weighted_cross_entropy(logits, target, weight)
+
+    def per_sample_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
+        return per_sample_cross_entropy(self.scores(outputs, target.shape[-2:]), target)

@@ -32,6 +32,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 from ..util.errors import UserError
 from ..util.labels import IGNORE_INDEX
+from .losses import image_weights
 
 NUM_LEVELS = 4  # the pixel decoder's strides 4, 8, 16, 32
 GROUPS = 32  # transformers' pixel decoder normalises with GroupNorm(32, channels)
@@ -108,6 +109,8 @@ def mask2former_config(num_classes: int, channels: int, options: dict[str, Any])
 class Mask2FormerHead(nn.Module):
     """Pyramid + transformers' pixel decoder and masked-attention decoder; its own loss and semantic inference."""
 
+    supports_vmap = False  # the Hungarian matching runs in scipy
+
     def __init__(self, in_channels: int, num_levels: int, num_classes: int, channels: int = 256, **options: Any):
         super().__init__()
         if num_levels != NUM_LEVELS:
@@ -130,14 +133,25 @@ class Mask2FormerHead(nn.Module):
         classes = tuple(self.class_predictor(h.transpose(0, 1)) for h in out.intermediate_hidden_states)
         return MaskPredictions(classes, tuple(out.masks_queries_logits))
 
-    def semantic(self, outputs: MaskPredictions, size: tuple[int, int]) -> Tensor:
+    def scores(self, outputs: MaskPredictions, size: tuple[int, int]) -> Tensor:
         """Class scores (B, C, H, W): Σ_q softmax(class)_q,c (no-object dropped) · sigmoid(resized mask)_q."""
         masks = F.interpolate(outputs.mask_logits[-1], size=size, mode="bilinear", align_corners=False)
         classes = outputs.class_logits[-1].softmax(-1)[..., :-1]
         return torch.einsum("bqc,bqhw->bchw", classes, masks.sigmoid())
 
-    def loss(self, outputs: MaskPredictions, target: Tensor) -> Tensor:
-        """Mask2Former's weighted class + mask + dice loss of the batch (matched per image, normalised by its masks)."""
+    def probabilities(self, scores: Tensor) -> Tensor:
+        """The class scores normalised over the classes (they are sums of probabilities, not a softmax)."""
+        scores = scores.float()
+        return scores / scores.sum(1, keepdim=True).clamp(min=1e-12)
+
+    def loss(self, outputs: MaskPredictions, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Mask2Former's weighted class + mask + dice loss of the batch (matched per image, normalised by its masks).
+
+        With per-pixel weights (B, H, W) the matched loss has no pixel term to weight: each image's loss is
+        weighted by its mean pixel weight over its labelled pixels, then averaged (docs/da.md).
+        """
+        if weight is not None:
+            return (image_weights(weight, target) * self.per_sample_loss(outputs, target)).mean()
         masks, classes = semantic_targets(target)
         aux = None
         if self.config.use_auxiliary_loss:

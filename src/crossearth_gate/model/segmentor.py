@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..heads import build_head, has_own_loss
+from ..heads import build_head
 from ..toolbox.slots import Toolbox, ToolboxConfig, check_attention_supported
 from .backbone import FrozenViT
 
@@ -46,9 +45,7 @@ class Segmentor(nn.Module):
         return self.head(self.backbone(images, self.toolbox))
 
     def scores(self, outputs: Any, size: tuple[int, int]) -> Tensor:
-        if has_own_loss(self.head):
-            return self.head.semantic(outputs, size)
-        return F.interpolate(outputs, size=size, mode="bilinear", align_corners=False)
+        return self.head.scores(outputs, size)
 
     def trainable_state(self) -> dict[str, Tensor]:
         """Weights worth saving: head + toolbox (+ backbone only when it was fine-tuned)."""
@@ -60,7 +57,7 @@ class Segmentor(nn.Module):
 
 
 class HeadOutputs(nn.Module):
-    """The segmentor as a head's own loss sees it (images → raw head outputs), e.g. for the Fisher gate."""
+    """The segmentor as its head's loss sees it (images → raw head outputs), e.g. for the Fisher gate."""
 
     def __init__(self, segmentor: Segmentor):
         super().__init__()

@@ -15,22 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..adaptation.classmix import classmix_masks, mix
+from ..adaptation.classmix import classmix_masks, mix, mixed_weights
 from ..adaptation.photometric import strong_augment
 from ..adaptation.protocol import check_disjoint
 from ..adaptation.pseudo import PseudoLabels, Weighted, has_data, pack_targets, pseudo_labels
 from ..adaptation.settings import ADAPTATION_METHODS, FISHER_DATA
 from ..adaptation.teacher import EMATeacher
 from ..config.schema import RunConfig
-from ..heads import has_own_loss
 from ..toolbox.slots import Toolbox
 from ..util.errors import UserError
 from ..util.seeds import derive_seed
-from .losses import cross_entropy, fisher_loss, per_sample_cross_entropy, segmentation_loss
+from .losses import fisher_loss, segmentation_loss
 from .resume import gather_ranks
 from .task import SegmentationTask
 
@@ -91,8 +89,8 @@ class DACSTask(SegmentationTask):
     """Loss = CE(source) + λ · mean_j w_j · CE(mixed_j, ClassMix label_j), the EMA teacher updated after every step."""
 
     def __init__(self, cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
-                 target_names: list[str]):
-        super().__init__(cfg, classes, palette, target_names)
+                 target_names: list[str], sample_dir: Path | None = None):
+        super().__init__(cfg, classes, palette, target_names, sample_dir)
         self.teacher = EMATeacher(self.model, cfg.adaptation.ema_alpha)
         self.mix_rng = torch.Generator()
         self.stream: TargetStream | None = None
@@ -139,14 +137,9 @@ class DACSTask(SegmentationTask):
         masks = classmix_masks(labels, self.mix_rng)
         mixed = strong_augment(mix(masks, source, target), mean, std, a, self.mix_rng)
         mixed_labels = mix(masks, labels, pseudo.labels)
-        if has_own_loss(self.model.head):  # Mask2Former: its matched losses, the mixed ones per image
-            loss_source = segmentation_loss(self.model, self.model.head_outputs(source), labels)
-            per_image = self.model.head.per_sample_loss(self.model.head_outputs(mixed), mixed_labels)
-        else:  # one forward of source and mixed images together
-            logits = self.model(torch.cat([source, mixed]))
-            loss_source = cross_entropy(logits[:n], labels)
-            per_image = per_sample_cross_entropy(logits[n:], mixed_labels)
-        loss_mixed = (pseudo.weight * per_image).mean()
+        weight = mixed_weights(masks, pseudo.weight)  # pasted source pixels 1, target pixels their image's w
+        loss_source = segmentation_loss(self.model, self.model.head_outputs(source), labels)
+        loss_mixed = segmentation_loss(self.model, self.model.head_outputs(mixed), mixed_labels, weight)
         loss = loss_source + a.mix_weight * loss_mixed
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/loss_source", loss_source, batch_size=n)
@@ -161,11 +154,7 @@ class DACSTask(SegmentationTask):
 
     def _pseudo(self, images: Tensor) -> PseudoLabels:
         mean, std = self.stats
-        scores = self.teacher.predict(self.model, images)
-        if has_own_loss(self.model.head):  # Mask2Former's class scores are sums of probabilities
-            probabilities = scores.float() / scores.float().sum(1, keepdim=True).clamp(min=1e-12)
-        else:
-            probabilities = F.softmax(scores.float(), dim=1)
+        probabilities = self.model.head.probabilities(self.teacher.predict(self.model, images))
         return pseudo_labels(probabilities, has_data(images, mean, std), self.cfg.adaptation.confidence)
 
     def pseudo_label(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -214,8 +203,8 @@ def relative_weights(weight: Tensor) -> Tensor:
 class PseudoLabelledFisherData:
     """The gate's samples in DA: target images with teacher pseudo-labels and weights, source images, or both.
 
-    ``model`` and ``loss`` are what the gate scores: the segmentor (or, for a head with its own loss, its
-    raw outputs) and that loss per image, weighted. Targets are packed (labels, weight); source samples
+    ``model`` and ``loss`` are what the gate scores: the segmentor's raw head outputs and the head's loss
+    per image, weighted. Targets are packed (labels, weight); source samples
     get weight 1.
     Target weights are taken relative to their mean (``relative_weights``): selection normalises scores
     per type, so a common scale never changes it, and a teacher not yet sure of any pixel (all w = 0)
@@ -255,7 +244,7 @@ class PseudoLabelledFisherData:
 
 
 def build_task(cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
-               target_names: list[str]) -> SegmentationTask:
+               target_names: list[str], sample_dir: Path | None = None) -> SegmentationTask:
     """The DG task, or the DACS task when ``train.adaptation`` asks for it (config checked here)."""
     method, fisher = cfg.train.adaptation, cfg.gate.fisher_data
     if method not in ADAPTATION_METHODS:
@@ -265,14 +254,14 @@ def build_task(cfg: RunConfig, classes: list[str], palette: list[tuple[int, int,
     if method == "none":
         if fisher not in (None, "source"):
             raise UserError(f"gate.fisher_data={fisher} needs pseudo-labels: set train.adaptation=dacs")
-        return SegmentationTask(cfg, classes, palette, target_names)
+        return SegmentationTask(cfg, classes, palette, target_names, sample_dir)
     if cfg.data.unlabelled_target is None:
         raise UserError("train.adaptation=dacs needs data.unlabelled_target (the target images to adapt to)")
     a = cfg.adaptation
     if not 0 <= a.ema_alpha < 1 or not 0 <= a.confidence < 1 or a.mix_weight < 0:
         raise UserError("adaptation: need 0 <= ema_alpha < 1, 0 <= confidence < 1 and mix_weight >= 0")
     check_disjoint(cfg.data.unlabelled_target, cfg.data.targets, a.transductive)
-    return DACSTask(cfg, classes, palette, target_names)
+    return DACSTask(cfg, classes, palette, target_names, sample_dir)
 
 
 def prepare_adaptation(cfg: RunConfig, task: SegmentationTask, datamodule: Any) -> PseudoLabelledFisherData | None:

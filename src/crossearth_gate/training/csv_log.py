@@ -17,13 +17,15 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from ..util.atomic import atomic_write_text
+from .held_writes import HeldWrites
 
 
 class _AppendingWriter(ExperimentWriter):
     """Holds every row of the file (earlier ones read back, steps >= ``keep_below`` dropped)."""
 
-    def __init__(self, log_dir: str, keep_below: int | None):
+    def __init__(self, log_dir: str, keep_below: int | None, held: HeldWrites | None):
         self._rows: list[dict[str, Any]] = []
+        self._held = held
         super().__init__(log_dir)
         path = Path(self.metrics_file_path)
         if keep_below is not None and path.is_file():
@@ -43,24 +45,26 @@ class _AppendingWriter(ExperimentWriter):
         writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\r\n")
         writer.writeheader()
         writer.writerows(self._rows)
-        atomic_write_text(self.metrics_file_path, text.getvalue())
+        path = self._held.path(self.metrics_file_path) if self._held is not None else self.metrics_file_path
+        atomic_write_text(path, text.getvalue())
 
 
 class RunCSVLogger(CSVLogger):
     """``CSVLogger(save_dir=run_dir, name="logs", version="")`` whose file survives a resume.
 
     ``keep_below``: the first step of a resumed run (rows from that step on are replayed, so dropped);
-    None for a fresh run.
+    None for a fresh run. ``held``: where a continuation writes the file until its first checkpoint.
     """
 
-    def __init__(self, run_dir: Path, keep_below: int | None):
+    def __init__(self, run_dir: Path, keep_below: int | None, held: HeldWrites | None = None):
         super().__init__(save_dir=str(run_dir), name="logs", version="")
         self._keep_below = keep_below
+        self._held = held
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(self.log_dir, self._keep_below)
+            self._experiment = _AppendingWriter(self.log_dir, self._keep_below, self._held)
         return self._experiment

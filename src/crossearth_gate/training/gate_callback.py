@@ -10,13 +10,15 @@ from typing import Any, Protocol
 import lightning as L
 import torch
 
-from ..gating import Budget, BudgetedSelector, Gate, GateSchedule, make_selector, measured_cost_model
+from ..config.schema import GateConfig
+from ..gating import BudgetedSelector, Gate, GateSchedule, make_selector, measured_cost_model
 from ..gating.fisher import PerSampleLoss
-from ..heads import has_own_loss
+from ..gating.selection import as_count
 from ..runs.plots import plot_gate_map
 from ..util.atomic import atomic_write_json
 from ..util.errors import UserError
 from ..util.seeds import derive_seed
+from .held_writes import HeldWrites
 from .losses import fisher_loss
 
 
@@ -63,38 +65,52 @@ class GateCallback(L.Callback):
     """Before the optimisation step ``s`` where the schedule is due, score all slots and keep the top-k
     (or, with a ``budget``, the best set within it: the cost model is measured when training starts)."""
 
-    def __init__(self, task: L.LightningModule, datamodule: Any, selector: str, k: float, every: int,
-                 warmup: int, num_samples: int, seed: int, run_dir: Path | None, fisher_method: str = "loop",
-                 budget: Budget | None = None, fisher_data: FisherData | None = None):
-        count = int(k) if k > 1 else k  # YAML gives floats: 9.0 means a count of 9, 0.25 a fraction
-        chooser = make_selector(selector, seed, fisher_method)
-        if budget is not None and budget.is_set:
-            chooser = BudgetedSelector(chooser, budget)
-        self.gate = Gate(task.model.toolbox, chooser, count, GateSchedule(every=every, warmup=warmup), num_samples)
+    def __init__(self, config: GateConfig, task: L.LightningModule, *, seed: int, datamodule: Any = None,
+                 run_dir: Path | None = None, fisher_data: FisherData | None = None, held: HeldWrites | None = None):
+        """``datamodule`` gives the labelled source samples (DG; None when ``fisher_data`` gives them); gates.json
+        and gate_map.png go to ``run_dir`` (None: not written), aside while ``held``."""
+        g = config
+        chooser = make_selector(g.selector, seed, g.fisher_method)
+        if g.budget.is_set:
+            chooser = BudgetedSelector(chooser, g.budget)
+        schedule = GateSchedule(every=g.every, warmup=g.warmup)
+        self.gate = Gate(task.model.toolbox, chooser, as_count(g.k), schedule, g.num_samples)
         self.datamodule = datamodule
         self.seed = seed
-        self.num_samples = num_samples
+        self.num_samples = g.num_samples
         self.run_dir = run_dir
+        self.held = held  # a continuation writes its artefacts aside until its first checkpoint
         self.ever_active: set[str] = set()
         self.fisher_data = fisher_data  # None: labelled source samples (DG); in DA the adaptation's samples
-        if fisher_method == "vmap" and has_own_loss(task.model.head):
+        if g.fisher_method == "vmap" and not task.model.head.supports_vmap:
             raise UserError("gate.fisher_method vmap cannot differentiate a head loss with Hungarian matching "
                             "(scipy): use loop")
-        scored, source_loss = fisher_loss(task.model)  # the head's own loss of one image, or pixel CE
+        scored, source_loss = fisher_loss(task.model)  # raw head outputs and the head's loss of one image
         self.scored = fisher_data.model if fisher_data is not None else scored
         self.loss = fisher_data.loss if fisher_data is not None else source_loss
         self.scored_on: list[str] = []  # per selection: which data scored it (gates.json "data")
-        self.evaluated_step: int | None = None  # the step of the checkpoint the test restored, if any
+        self.evaluated_step: int | None = None  # the step of the weights the test scores (gates.json)
         self._restoring_for_test = False
 
     def _batches(self, device: torch.device, rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Fresh samples for every selection, and different ones on every rank (scores are summed)."""
+        """Fresh samples for every selection, and different ones on every rank (scores are summed).
+
+        Not a generator: the DA data reads the student's active set when this is called, before scoring
+        switches every slot on. The samples are drawn only when the gate reads them (a selection is due).
+        """
         seed = derive_seed(self.seed, "fisher_samples", index=len(self.gate.history), rank=rank)
         if self.fisher_data is not None:
-            yield from self.fisher_data.batches(self.num_samples, seed, device)
-            return
-        for batch in self.datamodule.fisher_dataloader(self.num_samples, seed=seed):
-            yield batch["image"].to(device), batch["mask"].to(device)
+            return self.fisher_data.batches(self.num_samples, seed, device)
+        return self._source_batches(seed, device)
+
+    def _source_batches(self, seed: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The labelled source samples, cropped from their own seeded stream and drawn in full before the
+        first is yielded: the training crops after a selection are those of a run without the gate."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            drawn = [(batch["image"].to(device), batch["mask"].to(device))
+                     for batch in self.datamodule.fisher_dataloader(self.num_samples, seed=seed)]
+        yield from drawn
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Measure (or read back from the run directory) the cost model a budgeted gate selects with."""
@@ -124,6 +140,11 @@ class GateCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         check_ranks_agree(pl_module.model.toolbox.active_slots(), pl_module.model)
 
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A test that restored no checkpoint scores the weights in memory, of the last step trained."""
+        if self.evaluated_step is None:
+            self.evaluated_step = trainer.global_step
+
     def write_artefacts(self) -> None:
         """gates.json (every selection with its scores; the tested checkpoint's step) and gate_map.png."""
         assert self.run_dir is not None
@@ -132,9 +153,10 @@ class GateCallback(L.Callback):
             record["data"] = data
         if self.evaluated_step is not None:
             gates["evaluated_step"] = self.evaluated_step
-        atomic_write_json(self.run_dir / "gates.json", gates)
+        place = self.held.path if self.held is not None else Path
+        atomic_write_json(place(self.run_dir / "gates.json"), gates)
         if gates["selections"]:
-            plot_gate_map(gates, self.run_dir / "gate_map.png")
+            plot_gate_map(gates, place(self.run_dir / "gate_map.png"))
 
     def state_dict(self) -> dict[str, Any]:
         return {"gate": self.gate.state_dict(), "ever_active": sorted(self.ever_active), "scored_on": self.scored_on}

@@ -43,10 +43,12 @@ def _percent_or_none(values: Tensor, present: Tensor, names: Sequence[str]) -> d
 
 
 def metrics_from_confusion(confmat: Tensor, class_names: Sequence[str]) -> dict[str, Any]:
-    """mIoU, mF1, OA (percent, unrounded) and per-class IoU/F1; a class with empty union is None.
+    """mIoU, mF1, OA (percent, unrounded) and per-class IoU/F1, with mmsegmentation's nan-means over classes.
 
-    A class that is absent from ground truth but predicted has a non-empty union, IoU 0, and counts
-    in the means, exactly like mmsegmentation's nan-mean over classes.
+    IoU = TP / union: a class with empty union is None and left out of mIoU; a class absent from ground
+    truth but predicted has IoU 0 and counts. F1 = 2PR / (P + R) with P = TP / predicted, R = TP / truth,
+    as mmseg's fscore: a class without a true positive has P or R 0/0, or P + R = 0, so its F1 is NaN
+    (None here) and it drops out of mF1. mF1 is NaN when no class has a true positive.
     """
     num_classes = confmat.shape[0]
     if confmat.shape != (num_classes, num_classes):
@@ -63,13 +65,14 @@ def metrics_from_confusion(confmat: Tensor, class_names: Sequence[str]) -> dict[
     union = tp + fp + fn
     present = union > 0
     iou = 100.0 * tp / union.clamp_min(1)
-    f1 = 100.0 * 2 * tp / (union + tp).clamp_min(1)
+    f1 = 100.0 * 2 * tp / (union + tp).clamp_min(1)  # = 2PR / (P + R) wherever TP > 0
+    hit = tp > 0
     return {
         "mIoU": float(iou[present].mean()),
-        "mF1": float(f1[present].mean()),
+        "mF1": float(f1[hit].mean()) if hit.any() else float("nan"),
         "OA": float(100.0 * tp.sum() / total),
         "per_class_iou": _percent_or_none(iou, present, class_names),
-        "per_class_f1": _percent_or_none(f1, present, class_names),
+        "per_class_f1": _percent_or_none(f1, hit, class_names),
         "pixels": int(total),
     }
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
+from .held_writes import HeldWrites
+
 log = logging.getLogger(__name__)
 
 
@@ -78,11 +80,13 @@ class LastCheckpoint(Checkpoint):
 
     With validation it is saved when validation ends (after the best checkpoint, so it records it);
     without, after the step, then made visible only once the step's logged rows are on disk (the
-    rows are logged after ``on_train_batch_end``). A kill in between leaves the previous one.
+    rows are logged after ``on_train_batch_end``). A kill in between leaves the previous one. A held
+    continuation's other files are swapped in with it (held_writes.py).
     """
 
-    def __init__(self, path: Path, every: int, after_validation: bool):
+    def __init__(self, path: Path, every: int, after_validation: bool, held: HeldWrites):
         self.path = Path(path)
+        self.held = held
         self.pending = self.path.with_name(f".{self.path.name}.pending")
         self.every = every
         self.after_validation = after_validation
@@ -96,7 +100,7 @@ class LastCheckpoint(Checkpoint):
         if trainer.is_global_zero and self.pending.is_file():
             for logger in trainer.loggers:
                 logger.save()
-            os.replace(self.pending, self.path)
+            self.held.commit(lambda: os.replace(self.pending, self.path))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._saved_step = trainer.global_step if trainer.global_step > 0 else None

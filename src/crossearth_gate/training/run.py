@@ -9,7 +9,6 @@ from typing import Any
 
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ..config.schema import RunConfig, config_to_dict
 from ..data import SegDataModule, get_dataset_info
@@ -22,6 +21,7 @@ from .checkpoint_io import AtomicCheckpointIO
 from .csv_log import RunCSVLogger
 from .ddp import slot_aware_strategy
 from .gate_callback import GateCallback
+from .held_writes import HeldModelCheckpoint, HeldWrites
 from .progress import StepProgressBar
 from .resume import LastCheckpoint, RandomStates
 from .task import SOURCE_VAL, SegmentationTask
@@ -64,12 +64,12 @@ def _quiet_lightning() -> None:
 
 
 def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], validate: bool,
-             start: run_folder.Start) -> L.Trainer:
+             start: run_folder.Start, held: HeldWrites) -> L.Trainer:
     _quiet_lightning()
     t = cfg.train
     if t.progress:
         callbacks = [*callbacks, StepProgressBar()]
-    loggers: list[Any] = [RunCSVLogger(run_dir, start.step)]
+    loggers: list[Any] = [RunCSVLogger(run_dir, start.step, held)]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -111,47 +111,49 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     info = get_dataset_info(cfg.data.source.dataset)
     validate = cfg.data.val is not None or cfg.data.val_fraction > 0
     domains = [SOURCE_VAL, *cfg.data.targets] if validate else list(cfg.data.targets)
-    task = build_task(cfg, list(info.classes), list(info.palette), domains)
+    task = build_task(cfg, list(info.classes), list(info.palette), domains, run_dir / "samples")
     backbone = task.model.backbone.info
     datamodule = build_datamodule(cfg, backbone.mean, backbone.std)
     datamodule.setup("fit")
     fisher_data = prepare_adaptation(cfg, task, datamodule)  # None without train.adaptation
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed model or data set-up leaves no empty run
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    held = HeldWrites(run_dir, held=start.checkpoint is not None and not start.finished)  # see held_writes.py
+    atomic_write_text(held.path(run_dir / "config.yaml"), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     callbacks: list[L.Callback] = []
     checkpoint = None
     if validate:  # model selection on held-out SOURCE data, never on target labels
-        checkpoint = ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="best", monitor="val/mIoU", mode="max", save_top_k=1,
+        checkpoint = HeldModelCheckpoint(
+            held, dirpath=run_dir / "checkpoints", filename="best", monitor="val/mIoU", mode="max", save_top_k=1,
             save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
         )
         callbacks.append(checkpoint)
-    callbacks.append(LastCheckpoint(run_dir / run_folder.LAST, cfg.train.val_every, after_validation=validate))
+    callbacks.append(LastCheckpoint(run_dir / run_folder.LAST, cfg.train.val_every, after_validation=validate,
+                                    held=held))
     gate_cb = None
     if cfg.gate.enabled:
-        g = cfg.gate
-        gate_cb = GateCallback(task, datamodule, g.selector, g.k, g.every, g.warmup, g.num_samples,
-                               cfg.train.seed, run_dir, g.fisher_method, g.budget, fisher_data)
+        gate_cb = GateCallback(cfg.gate, task, seed=cfg.train.seed, datamodule=datamodule, run_dir=run_dir,
+                               fisher_data=fisher_data, held=held)
         callbacks.append(gate_cb)
     timer = StepTimer()  # after the gate callback: a selection at batch start is not part of the step
     callbacks.append(timer)
     callbacks.append(RandomStates())  # last: restores the random streams after every start-up draw
-    trainer = _trainer(cfg, run_dir, callbacks, validate, start)
+    trainer = _trainer(cfg, run_dir, callbacks, validate, start, held)
     ckpt_path = str(start.checkpoint) if start.checkpoint else None
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-    trained_to = trainer.global_step
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    except BaseException:
+        held.discard()  # a continuation that failed before its first checkpoint leaves the folder as it was
+        raise
 
     # source-selected checkpoint when validating; otherwise the final weights, already in memory
     best = (checkpoint.best_model_path or None) if checkpoint is not None else None
-    task.sample_dir = run_dir / "samples"
     loaders = [datamodule.val_dataloader()] if validate else []
     loaders += datamodule.test_dataloader()
     trainer.test(task, dataloaders=loaders, ckpt_path=best, verbose=False)
     if not trainer.is_global_zero:
         return None
     if gate_cb is not None:
-        gate_cb.evaluated_step = gate_cb.evaluated_step if best else trained_to
         gate_cb.write_artefacts()
     write_adaptation_figures(cfg, run_dir)
     return write_run_artefacts(cfg, run_dir, task, gate_cb, best, trainer.world_size, timer)

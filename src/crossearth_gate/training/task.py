@@ -33,7 +33,7 @@ class SegmentationTask(L.LightningModule):
     """Trains head + toolbox on the source; evaluates each named domain with one confusion matrix."""
 
     def __init__(self, cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
-                 target_names: list[str]):
+                 target_names: list[str], sample_dir: Path | None = None):
         super().__init__()
         self.cfg = cfg
         self.classes = list(classes)
@@ -45,7 +45,7 @@ class SegmentationTask(L.LightningModule):
         self.val_metrics = SegMetrics(len(classes), self.classes)
         self.test_metrics = nn.ModuleList(SegMetrics(len(classes), self.classes) for _ in target_names)
         self.test_results: dict[str, dict[str, Any]] = {}
-        self.sample_dir: Path | None = None
+        self.sample_dir = sample_dir  # where the test writes a few predictions per domain (None: nowhere)
         self._samples_saved: dict[int, int] = {}
 
     # ---------------------------------------------------------------- forward / evaluation
