@@ -122,3 +122,15 @@ def test_a_trained_band_model_saves_loads_and_merges(tmp_path: Path) -> None:
 def test_the_embedding_refuses_a_wrong_channel_count() -> None:
     with pytest.raises(ValueError, match="input has 3 channels, the patch embedding expects 5"):
         segmentor(KERNELS).eval()(images(3))
+
+
+def test_the_training_task_optimises_the_new_kernels() -> None:
+    from crossearth_gate.config.schema import load_config
+    from crossearth_gate.training.task import SegmentationTask, build_segmentor
+
+    cfg = load_config("demo", ["model.backbone=test_vit", "model.weights=none", f"data.crop_size={SIZE}"])
+    task = SegmentationTask(cfg, CLASSES, [tuple(c) for c in PALETTE], [])
+    plain = {id(p) for group in task.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
+    task.model = build_segmentor(cfg, len(CLASSES), KERNELS)
+    grown = {id(p) for group in task.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
+    assert id(bands_of(task.model).extra) in grown and len(grown) == len(plain) + 1
