@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as transform_points
 
 from crossearth_gate.data import vector
-from crossearth_gate.data.vector import GEO_EXTRA, PolygonLabels, rasterize_labels
+from crossearth_gate.data.vector import GEO_EXTRA, PolygonLabels, polygon_labels_from_config, rasterize_labels
 from crossearth_gate.util.errors import UserError
 
 pyogrio = pytest.importorskip("pyogrio")
@@ -203,3 +203,17 @@ def test_without_the_geo_extra_one_line_names_it(scene: tuple[Path, Path], tmp_p
     with pytest.raises(UserError) as err:
         rasterize_labels(PolygonLabels(str(layer), "kind"), CLASSES, image, tmp_path / "cache")
     assert str(err.value) == GEO_EXTRA
+
+
+def test_the_yaml_form() -> None:
+    spec = polygon_labels_from_config({"path": "b.gpkg", "class_attribute": "kind", "order": ["road", "building"],
+                                       "fill": "background", "values": {1: "building"}})
+    assert spec == PolygonLabels("b.gpkg", "kind", None, ("road", "building"), "background", {"1": "building"})
+    for raw, match in (({"path": "b.gpkg"}, "class_attribute must be a non-empty string"),
+                       ({"path": "b.gpkg", "class_attribute": "kind", "colour": 1}, r"unknown keys \['colour'\]"),
+                       ({"path": "b.gpkg", "class_attribute": "kind", "order": "road"}, "order: expected a list"),
+                       ({"path": "b.gpkg", "class_attribute": "kind", "values": {1: 2}}, "values: expected a mapping"),
+                       ({"path": "b.gpkg", "class_attribute": "kind", "fill": 0}, "fill: expected a string"),
+                       ("b.gpkg", "expected a mapping")):
+        with pytest.raises(UserError, match=match):
+            polygon_labels_from_config(raw)

@@ -53,6 +53,29 @@ class PolygonLabels:
     values: dict[str, str] | None = field(default=None, hash=False)
 
 
+def polygon_labels_from_config(raw: Any, where: str = "labels.polygons") -> PolygonLabels:
+    """A PolygonLabels from its YAML mapping (keys as the dataclass fields), refusing unknown keys and types."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping with path and class_attribute, got {raw!r}")
+    known = ("path", "class_attribute", "layer", "order", "fill", "values")
+    unknown = sorted(set(raw) - set(known))
+    missing = [key for key in known[:2] if not isinstance(raw.get(key), str) or not raw[key]]
+    if unknown or missing:
+        raise UserError(f"{where}: " + (f"unknown keys {unknown} (known: {', '.join(known)})" if unknown
+                                         else f"{missing[0]} must be a non-empty string"))
+    order, values = raw.get("order"), raw.get("values")
+    if order is not None and not (isinstance(order, list) and all(isinstance(c, str) for c in order)):
+        raise UserError(f"{where}.order: expected a list of class names, got {order!r}")
+    if values is not None and not (isinstance(values, dict) and all(isinstance(c, str) for c in values.values())):
+        raise UserError(f"{where}.values: expected a mapping of attribute value to class name, got {values!r}")
+    for key in ("layer", "fill"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise UserError(f"{where}.{key}: expected a string, got {raw[key]!r}")
+    return PolygonLabels(raw["path"], raw["class_attribute"], raw.get("layer"),
+                         None if order is None else tuple(order), raw.get("fill"),
+                         None if values is None else {str(k): v for k, v in values.items()})
+
+
 @dataclass(frozen=True)
 class Grid:
     """An image's pixel grid: what a label raster must match exactly."""
