@@ -16,6 +16,7 @@ from rasterio.warp import transform as transform_points
 from crossearth_gate.data import vector
 from crossearth_gate.data.vector import GEO_EXTRA, PolygonLabels, polygon_labels_from_config, rasterize_labels
 from crossearth_gate.util.errors import UserError
+from helpers import SHARED_DATA
 
 pyogrio = pytest.importorskip("pyogrio")
 shapely = pytest.importorskip("shapely")
@@ -119,6 +120,38 @@ def test_lonlat_polygons_burn_onto_a_utm_grid_by_pixel_centre_and_order(scene: t
     spec = PolygonLabels(str(layer), "kind", order=("building", "road"), fill="background")
     out = rasterize_labels(spec, CLASSES, image, tmp_path / "cache")
     np.testing.assert_array_equal(read(out), expected(BUILDING_THEN_ROAD, 0))
+
+
+def test_the_real_spacenet_grid_against_a_brute_force_pixel_centre_test(tmp_path: Path) -> None:
+    """On the real SpaceNet scene's grid (EPSG:32616, 0.5 m), lon/lat polygons land on exactly the pixels whose
+    centres the UTM polygons contain, checked point by point with shapely (independent of GDAL's burner)."""
+    scene = SHARED_DATA / "spacenet-geotiff" / "sample_geotiff.tif"
+    if not scene.is_file():
+        pytest.skip(f"{scene} not available")
+    with rasterio.open(scene) as src:
+        transform, crs, (height, width) = src.transform, src.crs, src.shape
+    hexagon = [(300 + 150 * np.cos(a), 420 + 130 * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 7)[:-1] + 0.3]
+    quad = [(-80.3, 350.7), (260.2, 300.1), (310.9, 610.4), (-40.6, 700.2)]  # crosses the left edge
+    in_utm = {name: shapely.Polygon([transform * p for p in ring]) for name, ring in
+              (("building", hexagon), ("road", quad))}
+
+    def lonlat(polygon: shapely.Polygon) -> list[list[float]]:
+        xs, ys = polygon.exterior.coords.xy
+        lons, lats = transform_points(crs, "EPSG:4326", list(xs), list(ys))
+        return [[lon, lat] for lon, lat in zip(lons, lats, strict=True)][:-1]
+
+    layer = write_geojson(tmp_path / "real.geojson", [(lonlat(p), name) for name, p in in_utm.items()])
+    out = rasterize_labels(PolygonLabels(str(layer), "kind", order=("building", "road"), fill="background"),
+                           CLASSES, scene, tmp_path / "cache")
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    xs, ys = transform * (cols, rows)
+    want = np.zeros((height, width), dtype=np.uint8)
+    for name in ("building", "road"):  # road painted last: over the building
+        want[shapely.contains_xy(in_utm[name], xs, ys)] = CLASSES.index(name)
+    got = read(out)
+    assert (want == CLASSES.index("road")).sum() > 10_000 and (want == CLASSES.index("building")).sum() > 10_000
+    assert ((want == 1) & (got == 2)).sum() == 0
+    np.testing.assert_array_equal(got, want)
 
 
 def test_default_order_is_class_order_and_a_geopackage_in_the_image_crs(tmp_path: Path) -> None:
