@@ -32,6 +32,7 @@ def test_the_io_section_end_to_end(tmp_path: Path) -> None:
     assert data["command"] == (f"crossearth-gate benchmark --io --img-size 32 --io-crops 2 --io-sizes 256 128 512 "
                                f"--out {out}")
     assert data["jpeg_tiles"] == len(io.demo_jpegs()) > 0
+    assert data["machine"]["gdal"] and data["gdal_cachemax_mb"] == io.GDAL_CACHEMAX_MB
 
 
 def test_the_window_reader_reads_exactly_the_window(tmp_path: Path) -> None:

@@ -265,6 +265,7 @@ def run_io_benchmark(setup: IOSetup, folder: Path | None = None) -> dict[str, An
     ratios["peak_rss_large_vs_small"] = rss["large"]["peak_rss_mb"] / rss["small"]["peak_rss_mb"]
     return {
         "setup": asdict(setup),
+        "machine": machine(),
         "gdal_cachemax_mb": GDAL_CACHEMAX_MB,
         "scenes": scenes,
         "write_s": write_s,
@@ -274,6 +275,18 @@ def run_io_benchmark(setup: IOSetup, folder: Path | None = None) -> dict[str, An
         "ratios": ratios,
         "targets": {"geotiff_vs_jpeg_per_pixel": ">= 1", "peak_rss_large_vs_small": "<= 1.2"},
     }
+
+
+def machine() -> dict[str, Any]:
+    """Where it ran, and the decoders' versions (GDAL's deflate and Pillow's libjpeg set the two speeds)."""
+    import platform
+    import sys
+
+    import PIL
+    import rasterio
+
+    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
+            "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__, "pillow": PIL.__version__}
 
 
 def format_io(result: dict[str, Any]) -> str:
