@@ -187,7 +187,7 @@ def measure_speed(scenes: dict[str, str], jpegs: list[str], setup: IOSetup) -> d
 
 
 def measure_rss(scene: str, size: int, setup: IOSetup) -> dict[str, float]:
-    """Peak RSS of reading crops from one scene, and the RSS before the first crop (imports, open file)."""
+    """Peak RSS of reading crops from one scene, and the RSS before the file is opened (the imports alone)."""
     os.environ["GDAL_CACHEMAX"] = str(GDAL_CACHEMAX_MB)
     reader = open_reader()
     rng = np.random.default_rng(setup.seed)
