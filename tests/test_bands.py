@@ -134,3 +134,10 @@ def test_the_training_task_optimises_the_new_kernels() -> None:
     task.model = build_segmentor(cfg, len(CLASSES), KERNELS)
     grown = {id(p) for group in task.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
     assert id(bands_of(task.model).extra) in grown and len(grown) == len(plain) + 1
+
+
+def test_the_da_teacher_averages_the_new_kernels_too() -> None:
+    from crossearth_gate.adaptation.teacher import teacher_names
+
+    assert "backbone.vit.patch_embed.proj.extra" in teacher_names(segmentor(KERNELS))
+    assert not [n for n in teacher_names(segmentor(None)) if n.startswith("backbone.")]
