@@ -227,6 +227,8 @@ def test_bad_layers_get_one_line(scene: tuple[Path, Path], tmp_path: Path) -> No
     bad(PolygonLabels(str(layer), "kind", fill="sea"), image, cache, "class 'sea' .* is not among")
     bad(PolygonLabels(str(layer), "kind", order=("road", "road")), image, cache, "order lists a class twice")
     bad(PolygonLabels(str(layer), "kind"), write_image(tmp_path / "plain.tif", crs=None), cache, "image has no CRS")
+    with pytest.raises(UserError, match="256 classes do not fit a uint8 label raster"):
+        rasterize_labels(PolygonLabels(str(layer), "kind"), [f"c{i}" for i in range(256)], image, cache)
 
 
 def test_without_the_geo_extra_one_line_names_it(scene: tuple[Path, Path], tmp_path: Path,

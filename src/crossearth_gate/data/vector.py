@@ -119,6 +119,9 @@ def rasterize_labels(spec: PolygonLabels, classes: Sequence[str], image_path: st
 
 def _painting_values(spec: PolygonLabels, classes: list[str]) -> dict[str, tuple[int, int]]:
     """class name → (painting rank, class index); checks ``order``, ``fill`` and ``values`` against the classes."""
+    if len(classes) > IGNORE_INDEX:
+        raise UserError(f"polygon labels {spec.path}: {len(classes)} classes do not fit a uint8 label raster "
+                        f"(at most {IGNORE_INDEX}; {IGNORE_INDEX} is ignore)")
     order = list(spec.order or ())
     named = [*order, *([] if spec.fill is None else [spec.fill]), *(spec.values or {}).values()]
     bad = [n for n in named if n not in classes]
