@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-fraction", type=float, default=0.6, help="the compute-aware gate's budget (of all-on)")
     p.add_argument("--out", type=Path, help="JSON file for the results")
     p.add_argument("--profile", type=Path, help="text file for torch.profiler's table of one all-on training step")
+    p.add_argument("--io", action="store_true", help="instead: training-crop reading, GeoTIFF windows vs JPEG tiles "
+                                                     "(crops of --img-size), and peak RSS by scene size")
+    p.add_argument("--io-crops", type=int, default=40, help="--io: crops per round and reader (5 rounds)")
+    p.add_argument("--io-sizes", type=int, nargs=3, default=[8192, 2000, 20000], metavar=("SPEED", "SMALL", "LARGE"),
+                   help="--io: side of the speed scene, and of the small and large memory scenes")
 
     p = sub.add_parser("study", help="run configs x protocols x seeds (resumable); means, intervals, verdicts")
     p.add_argument("study", type=Path, help="study YAML, e.g. configs/studies/paper_claims.yaml")

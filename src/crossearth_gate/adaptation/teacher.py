@@ -18,10 +18,11 @@ from torch.func import functional_call
 
 
 def teacher_names(model: nn.Module) -> list[str]:
-    """Parameter names the teacher averages: everything except a frozen backbone."""
+    """Parameter names the teacher averages: everything except a frozen backbone (whatever trains in it, e.g.
+    new bands' kernels, is averaged too)."""
     backbone = getattr(model, "backbone", None)
     finetune = bool(getattr(backbone, "finetune", False))
-    return [n for n, _ in model.named_parameters() if finetune or not n.startswith("backbone.")]
+    return [n for n, p in model.named_parameters() if finetune or p.requires_grad or not n.startswith("backbone.")]
 
 
 def _key(name: str) -> str:

@@ -270,6 +270,10 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def benchmark_cli(args: argparse.Namespace) -> None:
+    if args.io:
+        from .io import io_cli
+
+        return io_cli(args)
     if args.img_size < 14 or args.batch_size < 1 or args.steps < 1 or args.num_samples < 1:
         raise UserError("benchmark needs --img-size >= 14, --batch-size >= 1, --steps >= 1, --num-samples >= 1")
     Budget(step_fraction=args.step_fraction)  # a bad budget fails now, not after the selection phase

@@ -20,6 +20,7 @@ from ..toolbox.slots import ToolboxConfig
 from ..util.atomic import atomic_write, atomic_write_json
 from ..util.errors import UserError
 from .backbone import FrozenViT, build_backbone
+from .bands import band_kernels
 from .segmentor import Segmentor
 
 FORMAT = "crossearth-gate/1"
@@ -52,6 +53,7 @@ class ModelSpec:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     backbone_sha256: str | None = None  # of the weights file trained on (None: random init or unknown)
     head_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. Mask2Former's num_queries
+    band_kernels: list[int] | None = None  # per input channel: pretrained RGB kernel 0/1/2 or -1 (None: RGB)
 
     def build(self, weights: str | None = None) -> Segmentor:
         """A fresh segmentor with this spec (backbone weights from ``weights`` or the recorded source).
@@ -71,7 +73,7 @@ class ModelSpec:
             )
         toolbox = ToolboxConfig(**{**self.toolbox, "types": tuple(self.toolbox["types"])})
         model = Segmentor(backbone, len(self.classes), toolbox, self.head, self.head_channels,
-                          self.finetune_backbone, self.head_kwargs)
+                          self.finetune_backbone, self.head_kwargs, self.band_kernels)
         model.toolbox.set_active(self.active)
         return model
 
@@ -103,6 +105,7 @@ def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: 
         backbone_kwargs=dict(backbone_kwargs or {}),
         backbone_sha256=info.weights_sha256,
         head_kwargs=dict(model.head_kwargs),
+        band_kernels=band_kernels(model.backbone.vit),
     )
 
 

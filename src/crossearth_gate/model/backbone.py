@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..toolbox.slots import Toolbox, run_block
 from ..util.errors import UserError
 from ..weights import RANDOM, WeightsRecord, create_vit
+from .bands import band_projection
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class FrozenViT(nn.Module):
         """Full fine-tuning baseline: unfreeze every backbone weight (otherwise all stay frozen)."""
         self.finetune = finetune
         self.vit.requires_grad_(finetune)
+        if (bands := band_projection(self.vit)) is not None:
+            bands.extra.requires_grad_(True)  # new bands' kernels start at zero: they always train
 
     def train(self, mode: bool = True) -> FrozenViT:
         """Keep the backbone in eval mode always: frozen statistics, no stochastic depth."""
@@ -82,7 +85,8 @@ class FrozenViT(nn.Module):
         if height % p or width % p:
             raise ValueError(f"input {height}x{width} is not a multiple of the patch size {p}")
         grid = (height // p, width // p)
-        first_grad = 0 if self.finetune else (toolbox.lowest_active_layer() if toolbox else None)
+        embedding_trains = any(w.requires_grad for w in self.vit.patch_embed.parameters())
+        first_grad = 0 if self.finetune or embedding_trains else (toolbox.lowest_active_layer() if toolbox else None)
         if first_grad is None:
             first_grad = self.info.depth
         vit = self.vit

@@ -13,11 +13,13 @@ import torch
 
 from ..toolbox.lora import QueryValueLoRA
 from ..toolbox.slots import parse_slot
+from .bands import fold_band_projection
 from .segmentor import Segmentor
 
 
 def merge_for_inference(model: Segmentor) -> Segmentor:
-    """A deep copy with every active LoRA slot folded into ``attn.qkv`` and only non-LoRA slots left on.
+    """A deep copy with every active LoRA slot folded into ``attn.qkv`` and only non-LoRA slots left on
+    (and a grown patch embedding folded into one conv).
 
     The copy computes the same logits as ``model`` (up to float rounding); when only LoRA slots were
     active it runs the bare backbone blocks. ``model`` itself is left untouched.
@@ -32,6 +34,7 @@ def merge_for_inference(model: Segmentor) -> Segmentor:
         else:
             keep.append(name)
     toolbox.set_active(keep)  # inactive slots are skipped by run_block, never computed
+    fold_band_projection(merged.backbone.vit)  # the new bands' kernels join the pretrained ones in one conv
     return merged.eval()
 
 

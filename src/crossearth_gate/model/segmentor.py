@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -9,6 +10,7 @@ from torch import Tensor, nn
 from ..heads import build_head
 from ..toolbox.slots import Toolbox, ToolboxConfig, check_attention_supported
 from .backbone import FrozenViT
+from .bands import band_state, grow_patch_embedding
 
 
 class Segmentor(nn.Module):
@@ -23,9 +25,14 @@ class Segmentor(nn.Module):
         head_channels: int = 128,
         finetune_backbone: bool = False,
         head_kwargs: dict[str, Any] | None = None,
+        band_kernels: Sequence[int] | None = None,
     ):
+        """``band_kernels``: per input channel, the pretrained RGB kernel it takes (0, 1, 2) or -1 for a new
+        zero-initialised trainable one (model/bands.py); None: the backbone's own 3-channel embedding."""
         super().__init__()
         info = backbone.info
+        if band_kernels is not None:
+            grow_patch_embedding(backbone.vit, band_kernels)
         self.backbone = backbone
         if "spatial" in toolbox.types:
             check_attention_supported(backbone.vit.blocks[0])
@@ -53,6 +60,7 @@ class Segmentor(nn.Module):
         state.update({f"toolbox.{k}": v for k, v in self.toolbox.state_dict().items()})
         if self.backbone.finetune:
             state.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
+        state.update(band_state(self.backbone.vit, "backbone.vit."))
         return state
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,14 @@ from .schedule import warmup_poly
 SOURCE_VAL = "source_val"
 
 
-def build_segmentor(cfg: RunConfig, num_classes: int) -> Segmentor:
+def build_segmentor(cfg: RunConfig, num_classes: int, band_kernels: Sequence[int] | None = None) -> Segmentor:
+    """``band_kernels``: for data with other than R, G, B channels (model/bands.py ``kernel_map``)."""
     m = cfg.model
     backbone = build_seeded_backbone(
         m.backbone, m.weights, cfg.data.crop_size, m.out_indices, cfg.train.seed, m.backbone_kwargs
     )
-    return Segmentor(backbone, num_classes, cfg.toolbox, m.head, m.head_channels, m.finetune_backbone, m.head_kwargs)
+    return Segmentor(backbone, num_classes, cfg.toolbox, m.head, m.head_channels, m.finetune_backbone, m.head_kwargs,
+                     band_kernels)
 
 
 class SegmentationTask(L.LightningModule):
@@ -86,8 +89,8 @@ class SegmentationTask(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         t = self.cfg.train
         params = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
-        if self.model.backbone.finetune:
-            params += list(self.model.backbone.parameters())
+        finetune = self.model.backbone.finetune  # else only what trains in it: new bands' kernels
+        params += [p for p in self.model.backbone.parameters() if finetune or p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         scheduler = warmup_poly(optimizer, t.warmup_steps, t.max_steps, t.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
