@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..heads import build_head, has_own_loss
-from ..toolbox.slots import Toolbox, ToolboxConfig, check_attention_supported
+from ..toolbox.slots import Toolbox, ToolboxConfig
 from .backbone import FrozenViT
 
 
@@ -28,9 +28,8 @@ class Segmentor(nn.Module):
         super().__init__()
         info = backbone.info
         self.backbone = backbone
-        if "spatial" in toolbox.types:
-            check_attention_supported(backbone.vit.blocks[0])
         self.toolbox = Toolbox(info.embed_dim, info.depth, toolbox)
+        self.toolbox.attach(backbone.vit.blocks)
         self.head_kwargs = dict(head_kwargs or {})
         self.head = build_head(head, info.embed_dim, len(backbone.out_indices), num_classes, head_channels,
                                self.head_kwargs)
