@@ -34,6 +34,7 @@ class BackboneInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights_record: WeightsRecord | None = None  # what served ``weights`` (source, file, sha256)
+    gsd: float | None = None  # Scale-MAE's position embedding at this ground-sample distance (None: the model's)
 
     @property
     def weights_sha256(self) -> str | None:
@@ -55,7 +56,7 @@ class FrozenViT(nn.Module):
             raise UserError(f"backbone {info.name} is not a ViT with patch_embed and blocks")
         self.vit = vit
         self.info = info
-        self.tokens = token_layout(vit, info.num_prefix_tokens)
+        self.tokens = token_layout(vit, info.num_prefix_tokens, info.gsd)
         self.out_indices = out_indices or default_out_indices(info.depth)
         bad = [i for i in self.out_indices if not 0 <= i < info.depth]
         if bad:
@@ -101,26 +102,32 @@ class FrozenViT(nn.Module):
         return outputs
 
 
+def timm_kwargs(name: str, img_size: int, model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``timm.create_model`` arguments: ViTs at the crop size with dynamic sizes; SAM at its own grid."""
+    if is_model_in_modules(name, ["vision_transformer_sam"]):
+        return {**(model_kwargs or {}), "num_classes": 0}
+    return {**(model_kwargs or {}), "img_size": img_size, "dynamic_img_size": True, "num_classes": 0}
+
+
 def build_backbone(
     name: str,
     weights: str = RANDOM,
     img_size: int = 224,
     out_indices: list[int] | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    gsd: float | None = None,
 ) -> FrozenViT:
     """Build a frozen timm ViT by name; ``weights`` is ``none``, ``hub``, ``auto`` or a checkpoint file.
 
     ``model_kwargs`` go to ``timm.create_model`` (e.g. ``depth`` for a shallower model in tests). SAM keeps
     its pre-training grid unless ``model_kwargs`` sets ``img_size`` (its checkpoints' absolute positions and
     relative-position tables are sized for it); any input that is a multiple of the patch size runs through
-    it, positions resampled as timm's own SAM forward does.
+    it, positions resampled as timm's own SAM forward does. ``gsd`` replaces the model's position embedding by
+    Scale-MAE's sin-cos of ground distance (metres per pixel of the input).
     """
     if name not in timm.list_models():
         raise UserError(f"unknown timm model {name!r} (see timm.list_models('*dinov2*'))")
-    if is_model_in_modules(name, ["vision_transformer_sam"]):
-        kwargs = {**(model_kwargs or {}), "num_classes": 0}
-    else:
-        kwargs = {**(model_kwargs or {}), "img_size": img_size, "dynamic_img_size": True, "num_classes": 0}
+    kwargs = timm_kwargs(name, img_size, model_kwargs)
     vit, record = create_vit(name, weights, kwargs)
     cfg = getattr(vit, "pretrained_cfg", {}) or {}
     patch = vit.patch_embed.patch_size
@@ -134,5 +141,6 @@ def build_backbone(
         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
         weights_record=record,
+        gsd=gsd,
     )
     return FrozenViT(vit, info, out_indices)

@@ -24,7 +24,7 @@ SOURCE_VAL = "source_val"
 def build_segmentor(cfg: RunConfig, num_classes: int) -> Segmentor:
     m = cfg.model
     backbone = build_seeded_backbone(
-        m.backbone, m.weights, cfg.data.crop_size, m.out_indices, cfg.train.seed, m.backbone_kwargs
+        m.backbone, m.weights, cfg.data.crop_size, m.out_indices, cfg.train.seed, m.backbone_kwargs, m.gsd
     )
     return Segmentor(backbone, num_classes, cfg.toolbox, m.head, m.head_channels, m.finetune_backbone, m.head_kwargs)
 
