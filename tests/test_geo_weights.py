@@ -148,6 +148,9 @@ def test_satmae_pretraining_file_converts_and_matches_the_reference(tmp_path: Pa
     assert meta["source_layout"] == "satmae" and meta["backbone"] == VIT_L and "SatMAE" in meta["licences"]
     backbone = build_backbone(VIT_L, str(out), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=TINY)
     assert backbone.info.weights_record.sha256 is not None
+    assert backbone.info.mean[0] == pytest.approx(0.4182, abs=1e-4)  # SatMAE's fMoW-RGB statistics, not timm's
+    official = build_backbone(VIT_L, str(source), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=TINY)
+    assert official.info.weights_record.layout == "satmae" and official.info.std == backbone.info.std
     x = images()
     with torch.no_grad():
         expected = reference_features(state, x, state["pos_embed"][0])
@@ -180,6 +183,7 @@ def test_scalemae_file_with_gsd_positions_matches_the_reference(gsd: float, tmp_
     assert read_provenance(out)["source_layout"] == "scalemae"
     backbone = build_backbone(VIT_L, str(out), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=TINY,
                               gsd=gsd)
+    assert backbone.info.mean == (0.485, 0.456, 0.406)  # ImageNet's, as Scale-MAE (timm's ViT-L/16 says 0.5)
     x = images()
     with torch.no_grad():
         positions = torch.from_numpy(fixed_sincos(GRID, WIDTH, res=gsd))

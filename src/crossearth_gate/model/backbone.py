@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..toolbox.slots import Toolbox, run_block
 from ..util.errors import UserError
 from ..weights import RANDOM, WeightsRecord, create_vit
+from ..weights.mae import STATISTICS
 from .tokens import token_layout
 
 
@@ -130,6 +131,9 @@ def build_backbone(
     kwargs = timm_kwargs(name, img_size, model_kwargs)
     vit, record = create_vit(name, weights, kwargs)
     cfg = getattr(vit, "pretrained_cfg", {}) or {}
+    # the statistics the weights were trained with, where their layout says (SatMAE, Scale-MAE); else timm's
+    mean, std = STATISTICS.get(record.layout, (cfg.get("mean", (0.485, 0.456, 0.406)),
+                                               cfg.get("std", (0.229, 0.224, 0.225))))
     patch = vit.patch_embed.patch_size
     info = BackboneInfo(
         name=name,
@@ -138,8 +142,8 @@ def build_backbone(
         depth=len(vit.blocks),
         patch_size=patch[0] if isinstance(patch, tuple) else patch,
         num_prefix_tokens=getattr(vit, "num_prefix_tokens", 0),
-        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        mean=tuple(mean),
+        std=tuple(std),
         weights_record=record,
         gsd=gsd,
     )

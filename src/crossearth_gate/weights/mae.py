@@ -23,6 +23,15 @@ SATMAE = "satmae"
 SATMAE_FINETUNED = "satmae-finetuned"
 SCALEMAE = "scalemae"
 
+# what the encoders were pre-trained on: SatMAE normalises with fMoW-RGB statistics (its util/datasets.py),
+# Scale-MAE with ImageNet's (as torchgeo's ScaleMAE transforms do)
+STATISTICS = {
+    SATMAE: ((0.4182007312774658, 0.4214799106121063, 0.3991275727748871),
+             (0.28774282336235046, 0.27541765570640564, 0.2764017581939697)),
+    SCALEMAE: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+STATISTICS[SATMAE_FINETUNED] = STATISTICS[SATMAE]
+
 _ENCODER = re.compile(
     r"^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)"
     r"|blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias))$"
