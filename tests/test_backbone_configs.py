@@ -27,13 +27,19 @@ EXPECTED = {
 }
 
 
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_benchmark_tree(tmp_path_factory.mktemp("ceg_data"))
+
+
 def test_one_config_per_backbone_of_the_papers_ablation() -> None:
     assert sorted(p.stem for p in CONFIGS) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_loads_and_validates_at_full_size(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CEG_DATA", "/data")
+def test_config_loads_and_validates_at_full_size(path: Path, data_root: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEG_DATA", str(data_root))
     monkeypatch.setenv("CEG_WEIGHTS", str(tmp_path))
     backbone, crop, weights, gsd = EXPECTED[path.stem]
     if weights != "hub":
@@ -60,11 +66,11 @@ TINY_BACKBONES = {
 
 
 @pytest.mark.parametrize("name", sorted(TINY_BACKBONES))
-def test_sam_and_scalemae_configs_train_and_record_their_settings(name: str, tmp_path_factory: pytest.TempPathFactory,
+def test_sam_and_scalemae_configs_train_and_record_their_settings(name: str, data_root: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Shrunk (width 32, depth 4, 64² crops, FPN head), the config trains 2 steps with the gate on fixtures."""
-    monkeypatch.setenv("CEG_DATA", str(write_benchmark_tree(tmp_path_factory.mktemp("ceg_data"))))
-    out = tmp_path_factory.mktemp("runs") / name
+    monkeypatch.setenv("CEG_DATA", str(data_root))
+    out = tmp_path / name
     assert main(["fit", "--config", str(ABLATION / f"{name}.yaml"), "--out", str(out), *TINY,
                  TINY_BACKBONES[name]]) == 0
     recorded = yaml.safe_load((out / "config.yaml").read_text())["model"]
