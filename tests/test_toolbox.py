@@ -134,11 +134,13 @@ def test_slots_of_other_layers_do_not_act() -> None:
 def test_qkv_wrapper_adds_the_query_and_value_deltas_only(alpha: float | None) -> None:
     block, x, _ = block_and_tokens("dinov2")
     base = copy.deepcopy(block.attn.qkv)
+    base_weight = block.attn.qkv.weight
     lora = QueryValueLoRA(TINY_WIDTH, 4, alpha=alpha)
     perturb(lora, seed=3, std=0.2)
+    names = [n for n, _ in block.attn.named_parameters()]
     wrapper = wrap_qkv(block.attn, lora)
-    assert block.attn.qkv is wrapper and wrapper.weight is not None and wrapper.lora is lora
-    assert [n for n, _ in block.attn.named_parameters()] == [n for n, _ in copy.deepcopy(block).attn.named_parameters()]
+    assert block.attn.qkv is wrapper and wrapper.weight is base_weight and wrapper.lora is lora
+    assert [n for n, _ in block.attn.named_parameters()] == names  # qkv.weight, qkv.bias: no LoRA inside
     d = TINY_WIDTH
     with torch.no_grad():
         torch.testing.assert_close(wrapper(x), base(x), atol=0, rtol=0)  # off: exactly the wrapped Linear
