@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -240,3 +242,23 @@ def test_a_model_refuses_backbone_weights_other_than_those_it_was_trained_on(tmp
         load_trainable(path)
     loaded, _ = load_trainable(path, weights=str(weights))  # an explicit choice is the user's to make
     assert torch.equal(loaded.backbone.vit.pos_embed, other.vit.pos_embed)
+
+
+def test_trainable_files_keep_the_key_names_they_had_before_lora_wrapped_qkv(tmp_path: Path) -> None:
+    """LoRA lives in the toolbox and the qkv wrapper keeps the Linear's names: files from before still load."""
+    model = seeded_segmentor(3, ToolboxConfig(lora_rank=2), ["spatial.1"])
+    model.backbone.set_finetune(True)
+    perturb(model.toolbox, seed=1, std=0.1)
+    state = {k: v.detach().clone() for k, v in model.trainable_state().items()}
+    before_the_wrapper = [f"toolbox.slots.spatial.1.{m}" for m in ("a_q", "b_q", "a_v", "b_v")] + [
+        "backbone.vit.blocks.1.attn.qkv.weight", "backbone.vit.blocks.1.attn.qkv.bias"]
+    assert set(before_the_wrapper) <= set(state)
+    assert not any(".lora" in k or "base_layer" in k for k in state)
+    spec = spec_of(model, CLASSES, PALETTE, 3, 32, "fpn", 16)
+    path = save_trainable(tmp_path / "old_names.safetensors", model, spec)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={
+        "format": "crossearth-gate/1", "spec": json.dumps(asdict(spec))})  # written key by key, as before
+    loaded, _ = load_trainable(path)
+    x = images(32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), atol=0, rtol=0)

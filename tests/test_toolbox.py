@@ -9,16 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crossearth_gate.toolbox import slots
-from crossearth_gate.toolbox.lora import QueryValueLoRA
-from crossearth_gate.toolbox.slots import (
-    SLOT_TYPES,
-    Toolbox,
-    ToolboxConfig,
-    _attention_with_lora,
-    check_attention_supported,
-    run_block,
-)
+from crossearth_gate.toolbox.lora import LoRAQKV, QueryValueLoRA, wrap_qkv
+from crossearth_gate.toolbox.slots import SLOT_TYPES, Toolbox, ToolboxConfig, activated, run_block
 from crossearth_gate.util.errors import UserError
 from helpers import TINY_DEPTH, TINY_WIDTH, perturb, randomise_layerscale, tiny_timm_vit
 
@@ -26,20 +18,31 @@ ATOL = 1e-5
 GRID = (2, 2)
 
 
-def block_and_tokens(kind: str, seed: int = 0) -> tuple[nn.Module, Tensor, int]:
-    """Block 1 of a tiny ViT (O(1) LayerScale) and random tokens for a 2×2 grid plus its prefix."""
+def vit_and_tokens(kind: str, seed: int = 0) -> tuple[nn.Module, Tensor, int]:
+    """A tiny ViT (O(1) LayerScale) and random tokens for a 2×2 grid plus its prefix."""
     vit = tiny_timm_vit(kind, seed=seed)
     randomise_layerscale(vit, seed + 1)
     prefix = vit.num_prefix_tokens
     gen = torch.Generator().manual_seed(seed + 2)
     tokens = torch.randn(2, prefix + GRID[0] * GRID[1], TINY_WIDTH, generator=gen)
+    return vit, tokens, prefix
+
+
+def block_and_tokens(kind: str, seed: int = 0) -> tuple[nn.Module, Tensor, int]:
+    """Block 1 of ``vit_and_tokens``'s ViT, its tokens and prefix."""
+    vit, tokens, prefix = vit_and_tokens(kind, seed)
     return vit.blocks[1], tokens, prefix
 
 
-def toolbox(active: list[str] | None = None, **config: object) -> Toolbox:
-    """A toolbox for the tiny width/depth with the given active slots (all when None)."""
+def toolbox(active: list[str] | None = None, block: nn.Module | None = None, **config: object) -> Toolbox:
+    """A toolbox for the tiny width/depth with the given active slots (all when None).
+
+    ``block`` is attached as layer 1 (the other layers get copies of it), as a Segmentor attaches its backbone.
+    """
     torch.manual_seed(0)
     tb = Toolbox(TINY_WIDTH, TINY_DEPTH, ToolboxConfig(**config))
+    if block is not None:
+        tb.attach([block if i == 1 else copy.deepcopy(block) for i in range(TINY_DEPTH)])
     if active is not None:
         tb.set_active(active)
     return tb
@@ -51,19 +54,30 @@ def post_attention(block: nn.Module, x: Tensor, attn: nn.Module | None = None) -
     return x + block.ls1(attn(block.norm1(x)))
 
 
+def lora_formula(x: Tensor, qkv: nn.Linear, lora: QueryValueLoRA) -> Tensor:
+    """x W_qkvᵀ + b + s·[B_q A_q x, 0, B_v A_v x], computed on its own (no wrapper, no lora.forward)."""
+    base = x @ qkv.weight.t() + qkv.bias
+    d = TINY_WIDTH
+    dq = x @ (lora.b_q @ lora.a_q).t() * lora.scaling
+    dv = x @ (lora.b_v @ lora.a_v).t() * lora.scaling
+    return torch.cat([base[..., :d] + dq, base[..., d : 2 * d], base[..., 2 * d :] + dv], dim=-1)
+
+
+def old_attention_with_lora(attn: nn.Module, x: Tensor, lora: QueryValueLoRA) -> Tensor:
+    """The attention forward the toolbox used before it wrapped qkv: the numbers must not have changed."""
+    b, n, _ = x.shape
+    qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias).reshape(b, n, 3, attn.num_heads, attn.head_dim)
+    dq = (x @ lora.a_q.t()) @ lora.b_q.t() * lora.scaling
+    dv = (x @ lora.a_v.t()) @ lora.b_v.t() * lora.scaling
+    q = qkv[:, :, 0] + dq.reshape(b, n, attn.num_heads, attn.head_dim)
+    v = qkv[:, :, 2] + dv.reshape(b, n, attn.num_heads, attn.head_dim)
+    q, k, v = (t.transpose(1, 2) for t in (q, qkv[:, :, 1], v))
+    out = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v)
+    out = out.transpose(1, 2).reshape(b, n, -1)
+    return attn.proj(attn.norm(out))
+
+
 # ---------------------------------------------------------------- block forward equals timm's
-
-
-@pytest.mark.parametrize("kind", ["dinov2", "plain", "reg", "qknorm"])
-def test_zero_lora_attention_equals_timm(kind: str) -> None:
-    block, x, _ = block_and_tokens(kind)
-    normed = block.norm1(x)
-    lora = QueryValueLoRA(TINY_WIDTH, 4)
-    with torch.no_grad():
-        ours = _attention_with_lora(block.attn, normed, lora)
-        torch.testing.assert_close(ours, block.attn(normed), atol=ATOL, rtol=0)
-        block.attn.fused_attn = False  # timm's explicit softmax path must agree as well
-        torch.testing.assert_close(ours, block.attn(normed), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["dinov2", "plain", "reg", "qknorm"])
@@ -72,16 +86,17 @@ def test_run_block_equals_timm_block(kind: str) -> None:
     with torch.no_grad():
         expected = block(x)
         assert not torch.allclose(expected, x, atol=1e-3)  # the block does something
-        for tb in (None, toolbox([])):
-            torch.testing.assert_close(run_block(block, x, 1, GRID, prefix, tb), expected, atol=ATOL, rtol=0)
-        # every slot active but all zero-initialised: the slot-aware path must reproduce timm's block
-        torch.testing.assert_close(run_block(block, x, 1, GRID, prefix, toolbox()), expected,
-                                   atol=ATOL, rtol=0)
+        torch.testing.assert_close(run_block(block, x, 1, GRID, prefix, None), expected, atol=ATOL, rtol=0)
+        # no slot active; then every slot active but all zero-initialised: both must reproduce timm's block
+        for active in ([], None):
+            fresh = copy.deepcopy(block)
+            torch.testing.assert_close(run_block(fresh, x, 1, GRID, prefix, toolbox(active, fresh)), expected,
+                                       atol=ATOL, rtol=0)
 
 
 def test_adapter_runs_beside_mlp_on_post_attention_state() -> None:
     block, x, prefix = block_and_tokens("dinov2")
-    tb = toolbox(["semantic.1"])
+    tb = toolbox(["semantic.1"], block)
     perturb(tb, std=0.2)
     adapter = tb.slot_module("semantic.1")
     with torch.no_grad():
@@ -93,7 +108,7 @@ def test_adapter_runs_beside_mlp_on_post_attention_state() -> None:
 
 def test_frequency_adapter_runs_after_block() -> None:
     block, x, prefix = block_and_tokens("reg")
-    tb = toolbox(["frequency.1"])
+    tb = toolbox(["frequency.1"], block)
     perturb(tb, std=0.2)
     with torch.no_grad():
         y = block(x)
@@ -106,80 +121,111 @@ def test_frequency_adapter_runs_after_block() -> None:
 
 def test_slots_of_other_layers_do_not_act() -> None:
     block, x, prefix = block_and_tokens("dinov2")
-    tb = toolbox([n for n in toolbox().slot_names if not n.endswith(".1")])
+    tb = toolbox([n for n in toolbox().slot_names if not n.endswith(".1")], block)
     perturb(tb, std=0.2)
     with torch.no_grad():
         torch.testing.assert_close(run_block(block, x, 1, GRID, prefix, tb), block(x), atol=ATOL, rtol=0)
 
 
-# ---------------------------------------------------------------- LoRA: q and v, never k
+# ---------------------------------------------------------------- LoRA wraps qkv: q and v, never k
 
 
-def capture_qkv(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Record the q, k, v that reach scaled_dot_product_attention inside the slot-aware attention."""
-    seen: list[tuple[Tensor, Tensor, Tensor]] = []
-    real = F.scaled_dot_product_attention
-
-    def spy(q: Tensor, k: Tensor, v: Tensor, *args: object, **kwargs: object) -> Tensor:
-        seen.append((q.clone(), k.clone(), v.clone()))
-        return real(q, k, v, *args, **kwargs)
-
-    monkeypatch.setattr(slots.F, "scaled_dot_product_attention", spy)
-    return seen
-
-
-def test_lora_changes_query_and_value_only(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("alpha", [None, 8.0])
+def test_qkv_wrapper_adds_the_query_and_value_deltas_only(alpha: float | None) -> None:
     block, x, _ = block_and_tokens("dinov2")
-    attn = block.attn
-    b, n, _ = x.shape
-    lora = QueryValueLoRA(TINY_WIDTH, 4, alpha=8.0)
-    zero = copy.deepcopy(lora)
+    base = copy.deepcopy(block.attn.qkv)
+    base_weight = block.attn.qkv.weight
+    lora = QueryValueLoRA(TINY_WIDTH, 4, alpha=alpha)
     perturb(lora, seed=3, std=0.2)
-    seen = capture_qkv(monkeypatch)
+    names = [n for n, _ in block.attn.named_parameters()]
+    wrapper = wrap_qkv(block.attn, lora)
+    assert block.attn.qkv is wrapper and wrapper.weight is base_weight and wrapper.lora is lora
+    assert [n for n, _ in block.attn.named_parameters()] == names  # qkv.weight, qkv.bias: no LoRA inside
+    d = TINY_WIDTH
     with torch.no_grad():
-        _attention_with_lora(attn, x, zero)
-        _attention_with_lora(attn, x, lora)
-        (q0, k0, v0), (q1, k1, v1) = seen
+        torch.testing.assert_close(wrapper(x), base(x), atol=0, rtol=0)  # off: exactly the wrapped Linear
+        wrapper.enabled = True
+        out = wrapper(x)
+        torch.testing.assert_close(out, lora_formula(x, base, lora), atol=ATOL, rtol=0)
+        torch.testing.assert_close(out[..., d : 2 * d], base(x)[..., d : 2 * d], atol=0, rtol=0)  # k untouched
+        assert (out[..., :d] - base(x)[..., :d]).abs().max() > 1e-2
+        assert (out[..., 2 * d :] - base(x)[..., 2 * d :]).abs().max() > 1e-2
 
-        def heads(t: Tensor) -> Tensor:
-            return t.reshape(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)
 
-        base = attn.qkv(x)
-        d = TINY_WIDTH
-        torch.testing.assert_close(k1, heads(base[..., d : 2 * d]), atol=ATOL, rtol=0)
-        torch.testing.assert_close(k1, k0, atol=0, rtol=0)
-        assert (q1 - q0).abs().max() > 1e-2 and (v1 - v0).abs().max() > 1e-2
-        scaling = 8.0 / 4
-        dq = x @ (lora.b_q @ lora.a_q).t() * scaling
-        dv = x @ (lora.b_v @ lora.a_v).t() * scaling
-        torch.testing.assert_close(q1, heads(base[..., :d] + dq), atol=ATOL, rtol=0)
-        torch.testing.assert_close(v1, heads(base[..., 2 * d :] + dv), atol=ATOL, rtol=0)
+@pytest.mark.parametrize("kind", ["dinov2", "plain", "reg", "qknorm"])
+def test_block_attention_with_the_wrapper_equals_the_old_copied_forward(kind: str) -> None:
+    """The block's own attention around the wrapper gives what the toolbox's copy of it gave."""
+    block, x, _ = block_and_tokens(kind)
+    lora = QueryValueLoRA(TINY_WIDTH, 4, alpha=8.0)
+    perturb(lora, seed=3, std=0.2)
+    normed = block.norm1(x)
+    with torch.no_grad():
+        expected = old_attention_with_lora(block.attn, normed, lora)
+        wrap_qkv(block.attn, lora).enabled = True
+        torch.testing.assert_close(block.attn(normed), expected, atol=ATOL, rtol=0)
+        block.attn.fused_attn = False  # timm's explicit softmax path must agree as well
+        torch.testing.assert_close(block.attn(normed), expected, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("alpha", [None, 16.0])
-def test_lora_merge_matches_unmerged(alpha: float | None) -> None:
+def test_lora_merge_matches_unmerged_and_unmerge_restores(alpha: float | None) -> None:
     block, x, prefix = block_and_tokens("dinov2")
-    tb = toolbox(["spatial.1"], lora_rank=4, lora_alpha=alpha)
+    original = copy.deepcopy(block)
+    tb = toolbox(["spatial.1"], block, lora_rank=4, lora_alpha=alpha)
     perturb(tb, std=0.2)
-    lora = tb.slot_module("spatial.1")
-    merged = copy.deepcopy(block)
+    qkv = block.attn.qkv
     with torch.no_grad():
-        lora.merge_into(merged.attn.qkv)
         unmerged = run_block(block, x, 1, GRID, prefix, tb)
-        assert not torch.allclose(unmerged, block(x), atol=1e-4)
-        torch.testing.assert_close(merged(x), unmerged, atol=ATOL, rtol=0)
-        # k rows of the fused weight are untouched by the merge
+        assert not torch.allclose(unmerged, original(x), atol=1e-4)
+        qkv.merge()
+        qkv.merge()  # idempotent
+        torch.testing.assert_close(block(x), unmerged, atol=ATOL, rtol=0)  # merged: the bare block carries it
+        torch.testing.assert_close(run_block(block, x, 1, GRID, prefix, tb), unmerged, atol=ATOL, rtol=0)  # once
         d = TINY_WIDTH
-        torch.testing.assert_close(merged.attn.qkv.weight[d : 2 * d], block.attn.qkv.weight[d : 2 * d],
-                                   atol=0, rtol=0)
+        torch.testing.assert_close(qkv.weight[d : 2 * d], original.attn.qkv.weight[d : 2 * d], atol=0, rtol=0)
+        qkv.unmerge()
+        torch.testing.assert_close(qkv.weight, original.attn.qkv.weight, atol=1e-6, rtol=0)
+        torch.testing.assert_close(block(x), original(x), atol=ATOL, rtol=0)
+        torch.testing.assert_close(run_block(block, x, 1, GRID, prefix, tb), unmerged, atol=ATOL, rtol=0)
 
 
-def test_check_attention_supported_rejects_non_qkv_attention() -> None:
-    block, _, _ = block_and_tokens("dinov2")
-    check_attention_supported(block)
+def test_wrapping_keeps_parameter_names_and_refuses_what_it_cannot_wrap() -> None:
+    vit, _, _ = vit_and_tokens("dinov2")
+    names = list(vit.state_dict())
+    tb = toolbox(block=None)
+    tb.attach(vit.blocks)
+    tb.attach(vit.blocks)  # idempotent
+    assert list(vit.state_dict()) == names  # backbone checkpoints and fine-tuned weights keep their keys
+    assert all(isinstance(b.attn.qkv, LoRAQKV) for b in vit.blocks)
+    assert not any(k.startswith("slots") or ".lora" in k for k in vit.state_dict())
+    with pytest.raises(UserError, match="another toolbox"):
+        toolbox().attach(vit.blocks)
+    with pytest.raises(UserError, match="4 layers but the backbone 3 blocks"):
+        toolbox().attach(list(vit.blocks)[:3])
+    block = copy.deepcopy(vit.blocks[0])
     block.attn = nn.MultiheadAttention(TINY_WIDTH, 2)
-    with pytest.raises(UserError, match="fused-qkv"):
-        check_attention_supported(block)
+    with pytest.raises(UserError, match="fused qkv"):
+        wrap_qkv(block.attn, QueryValueLoRA(TINY_WIDTH, 2))
+
+
+def test_run_block_needs_an_attached_toolbox() -> None:
+    block, x, prefix = block_and_tokens("dinov2")
+    with pytest.raises(RuntimeError, match="not attached"):
+        run_block(block, x, 1, GRID, prefix, toolbox(["spatial.1"]))
+
+
+def test_activated_restores_the_active_set_and_flags() -> None:
+    tb = toolbox(["spatial.0", "semantic.2"])
+    tb.slot_module("semantic.2").bottleneck.down.bias.requires_grad_(False)  # a flag set_active would not give
+    flags = {n: p.requires_grad for n, p in tb.named_parameters()}
+    with activated(tb, tb.slot_names):
+        assert tb.active_slots() == tb.slot_names and all(p.requires_grad for p in tb.parameters())
+    assert tb.active_slots() == ["spatial.0", "semantic.2"]
+    assert {n: p.requires_grad for n, p in tb.named_parameters()} == flags
+    with pytest.raises(ValueError, match="boom"), activated(tb, []):
+        raise ValueError("boom")
+    assert tb.active_slots() == ["spatial.0", "semantic.2"]
+    assert {n: p.requires_grad for n, p in tb.named_parameters()} == flags
 
 
 # ---------------------------------------------------------------- switchboard
@@ -285,11 +331,13 @@ def output_weights(tb: Toolbox) -> dict[str, Tensor]:
 
 def test_zero_start_gives_zero_gradient_upstream_of_the_output_matrices() -> None:
     """Why a selection at step 0 sees only the output matrices: every weight before them gets a 0 gradient."""
-    block, x, prefix = block_and_tokens("dinov2")
+    vit, x, prefix = vit_and_tokens("dinov2")
     grads = {}
     for std in (0.0, 0.02):
         tb = toolbox(up_init_std=std)
-        for layer in range(TINY_DEPTH):
+        blocks = copy.deepcopy(vit).blocks
+        tb.attach(blocks)
+        for layer, block in enumerate(blocks):
             x_out = run_block(block, x, layer, GRID, prefix, tb)
             x_out.square().sum().backward()
         grads[std] = {n: p.grad for n, p in tb.named_parameters() if p.grad is not None}

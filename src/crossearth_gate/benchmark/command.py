@@ -68,6 +68,7 @@ def select_sets(setup: BenchSetup) -> dict[str, Any]:
     from ..gating.budget import budget_record
     from ..heads.losses import per_sample_cross_entropy
     from ..model.merge import merge_for_inference
+    from ..toolbox.slots import activated
     from ..training.run import build_datamodule
     from .measure import bench_config, build_model, inference_s, optimizer_of, timed, train_step
 
@@ -96,8 +97,8 @@ def select_sets(setup: BenchSetup) -> dict[str, Any]:
     aware = budgeted_top_k(gated.normalized, k, cost, budget)
     models = {}
     for name, active in (("merged_gated", gated.active), ("merged_compute_aware", aware)):
-        toolbox.set_active(active)
-        models[name] = merge_for_inference(model)
+        with activated(toolbox, active):
+            models[name] = merge_for_inference(model)
     toolbox.set_active([])
     models["bare"] = model.eval()
     return {

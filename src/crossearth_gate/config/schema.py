@@ -51,6 +51,7 @@ class ModelConfig:
     head_channels: int = 128  # FPN width; Mask2Former's hidden width (256 in the paper)
     head_kwargs: dict[str, Any] = field(default_factory=dict)  # mask2former: num_queries, decoder_layers, ...
     finetune_backbone: bool = False  # the "Full fine-tuning" baseline
+    gsd: float | None = None  # metres per pixel: Scale-MAE's GSD-aware sin-cos positions (None: the backbone's own)
 
 
 @dataclass

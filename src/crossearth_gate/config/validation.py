@@ -65,6 +65,8 @@ def check_values(cfg: RunConfig) -> None:
     m = cfg.model
     _at_least(m.head_channels, 1, "model.head_channels")
     _require(bool(m.weights), "model.weights", "must be auto, hub, none or a weights file", m.weights)
+    _require(m.gsd is None or (math.isfinite(m.gsd) and m.gsd > 0), "model.gsd", "must be > 0 (metres per pixel)",
+             m.gsd)
 
     t = cfg.toolbox
     for key in ("lora_rank", "adapter_dim", "frequency_dim"):
@@ -148,23 +150,29 @@ def _backbone_shape(cfg: RunConfig) -> tuple[int, int]:
     """Patch size and depth of the configured ViT, from a skeleton on the meta device."""
     import timm
     import torch
+    from timm.models import VisionTransformerSAM, is_model_in_modules
     from timm.models.vision_transformer import VisionTransformer
+
+    from ..model.backbone import timm_kwargs
 
     m = cfg.model
     if m.backbone not in timm.list_models():
         raise UserError(f"config model.backbone: unknown timm model {m.backbone!r} (see timm.list_models('*dinov2*'))")
-    kwargs = {**m.backbone_kwargs, "img_size": cfg.data.crop_size, "dynamic_img_size": True, "num_classes": 0}
+    kwargs = timm_kwargs(m.backbone, cfg.data.crop_size, m.backbone_kwargs)
     try:
         with torch.device("meta"):
             vit = timm.create_model(m.backbone, pretrained=False, **kwargs)
     except Exception as err:  # TypeError (unknown kwarg), AssertionError/ValueError (inconsistent sizes)
-        if m.backbone not in timm.list_models(module="vision_transformer"):
+        if not is_model_in_modules(m.backbone, ["vision_transformer", "vision_transformer_sam"]):
             raise UserError(f"config model.backbone: {m.backbone!r} is not a timm VisionTransformer") from None
         reason = " ".join(str(err).split()) or type(err).__name__
         raise UserError(f"config model.backbone_kwargs {m.backbone_kwargs}: timm cannot build {m.backbone} "
                         f"with them ({reason})") from None
-    if not isinstance(vit, VisionTransformer):
+    if not isinstance(vit, VisionTransformer | VisionTransformerSAM):
         raise UserError(f"config model.backbone: {m.backbone!r} is not a timm VisionTransformer")
+    _require(m.gsd is None or (isinstance(vit, VisionTransformer) and vit.has_class_token
+                               and vit.num_prefix_tokens == 1), "model.gsd",
+             "applies to Scale-MAE's ViT (one class token, no registers) only", m.gsd)
     if not len(vit.blocks):
         raise UserError(f"config model.backbone_kwargs {m.backbone_kwargs}: builds {m.backbone} without blocks")
     patch = vit.patch_embed.patch_size

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..toolbox.slots import SLOT_TYPES, parse_slot, slot_name
+from ..toolbox.slots import SLOT_TYPES, activated, parse_slot, slot_name
 from ..util.atomic import atomic_write_json
 from .costs import CostModel
 from .fisher import PerSampleLoss, Switchboard
@@ -110,7 +110,6 @@ def _sync(device: torch.device) -> None:
 @contextmanager
 def _undisturbed(model: nn.Module, switchboard: Switchboard, device: torch.device) -> Iterator[None]:
     """Train mode for timing; weights, buffers, gradients, active set, modes and RNG restored afterwards."""
-    active = list(switchboard.active_slots())
     slot_params = {p for name in switchboard.slot_names for p in switchboard.slot_parameters(name)}
     params = [p for p in model.parameters() if p.requires_grad or p in slot_params]
     saved = [(p, p.detach().clone(), p.grad) for p in params]
@@ -118,11 +117,11 @@ def _undisturbed(model: nn.Module, switchboard: Switchboard, device: torch.devic
     modes = [(m, m.training) for m in model.modules()]
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        with activated(switchboard, switchboard.active_slots()), torch.random.fork_rng(devices=devices), \
+                torch.enable_grad():
             model.train()
             yield
     finally:
-        switchboard.set_active(active)
         with torch.no_grad():
             for p, value, grad in saved:
                 p.copy_(value)

@@ -23,13 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ..toolbox.slots import Switchboard, activated
 from ..util.errors import UserError
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -37,18 +37,6 @@ PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
 """``loss(logits, target) -> Tensor`` of shape (B,): one loss per image."""
 
 FISHER_METHODS = ("loop", "vmap")
-
-
-class Switchboard(Protocol):
-    """What the gate needs from a model with slots."""
-
-    slot_names: list[str]
-
-    def active_slots(self) -> list[str]: ...
-
-    def set_active(self, names: Iterable[str]) -> None: ...
-
-    def slot_parameters(self, name: str) -> list[nn.Parameter]: ...
 
 
 @dataclass(frozen=True)
@@ -130,21 +118,16 @@ def slot_gradnorm(
 @contextmanager
 def _all_slots_scoring(model: nn.Module, switchboard: Switchboard) -> Iterator[None]:
     """All slots on and trainable, eval mode, grad enabled; everything restored on exit."""
-    previous = list(switchboard.active_slots())
     modes = [(m, m.training) for m in model.modules()]
-    params = [p for name in switchboard.slot_names for p in switchboard.slot_parameters(name)]
-    flags = [(p, p.requires_grad) for p in params]
     try:
-        switchboard.set_active(switchboard.slot_names)
-        for p in params:
-            p.requires_grad_(True)
-        model.eval()
-        with torch.enable_grad():
-            yield
+        with activated(switchboard, switchboard.slot_names):
+            for name in switchboard.slot_names:
+                for p in switchboard.slot_parameters(name):
+                    p.requires_grad_(True)
+            model.eval()
+            with torch.enable_grad():
+                yield
     finally:
-        switchboard.set_active(previous)
-        for p, flag in flags:
-            p.requires_grad_(flag)
         for m, training in modes:
             m.training = training
 

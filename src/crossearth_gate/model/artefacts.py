@@ -54,6 +54,7 @@ class ModelSpec:
     backbone_sha256: str | None = None  # of the weights file trained on (None: random init or unknown)
     head_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. Mask2Former's num_queries
     band_kernels: list[int] | None = None  # per input channel: pretrained RGB kernel 0/1/2 or -1 (None: RGB)
+    gsd: float | None = None  # Scale-MAE's ground-sample distance (None: the backbone's own positions)
 
     def build(self, weights: str | None = None) -> Segmentor:
         """A fresh segmentor with this spec (backbone weights from ``weights`` or the recorded source).
@@ -63,7 +64,7 @@ class ModelSpec:
         """
         source = weights or self.backbone_weights
         backbone = build_seeded_backbone(
-            self.backbone, source, self.img_size, self.out_indices, self.backbone_seed, self.backbone_kwargs
+            self.backbone, source, self.img_size, self.out_indices, self.backbone_seed, self.backbone_kwargs, self.gsd
         )
         served = backbone.info.weights_sha256
         if weights is None and self.backbone_sha256 and served and served != self.backbone_sha256:
@@ -85,11 +86,12 @@ def build_seeded_backbone(
     out_indices: list[int] | None,
     seed: int,
     model_kwargs: dict[str, Any] | None = None,
+    gsd: float | None = None,
 ) -> FrozenViT:
     """Random-init backbones are only reproducible from a seed: fork the RNG so training seeds stay intact."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_backbone(name, weights, img_size, out_indices, model_kwargs)
+        return build_backbone(name, weights, img_size, out_indices, model_kwargs, gsd)
 
 
 def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: int, img_size: int,
@@ -106,6 +108,7 @@ def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: 
         backbone_sha256=info.weights_sha256,
         head_kwargs=dict(model.head_kwargs),
         band_kernels=band_kernels(model.backbone.vit),
+        gsd=info.gsd,
     )
 
 

@@ -1,24 +1,22 @@
 """Fold trained LoRA slots into the frozen backbone so inference pays nothing for them.
 
 LoRA is linear in the token features: ``x (W + s·B A)ᵀ == x Wᵀ + s·(x Aᵀ) Bᵀ``, so an active spatial slot
-can be added once to its block's fused ``qkv`` weight and then switched off. Adapters are not linear
-in the features (GELU, routers), so semantic and frequency slots stay as they are.
+is merged once into the fused ``qkv`` weight it wraps (``LoRAQKV.merge``) and then switched off. Adapters
+are not linear in the features (GELU, routers), so semantic and frequency slots stay as they are.
 """
 
 from __future__ import annotations
 
 import copy
 
-import torch
-
-from ..toolbox.lora import QueryValueLoRA
+from ..toolbox.lora import LoRAQKV
 from ..toolbox.slots import parse_slot
 from .bands import fold_band_projection
 from .segmentor import Segmentor
 
 
 def merge_for_inference(model: Segmentor) -> Segmentor:
-    """A deep copy with every active LoRA slot folded into ``attn.qkv`` and only non-LoRA slots left on
+    """A deep copy with every active LoRA slot merged into ``attn.qkv`` and only non-LoRA slots left on
     (and a grown patch embedding folded into one conv).
 
     The copy computes the same logits as ``model`` (up to float rounding); when only LoRA slots were
@@ -30,17 +28,11 @@ def merge_for_inference(model: Segmentor) -> Segmentor:
     for name in toolbox.active_slots():
         slot_type, layer = parse_slot(name)
         if slot_type == "spatial":
-            _fold(toolbox.slot_module(name), merged.backbone.vit.blocks[layer].attn.qkv)
+            qkv = merged.backbone.vit.blocks[layer].attn.qkv
+            assert isinstance(qkv, LoRAQKV) and qkv.lora is toolbox.slot_module(name)
+            qkv.merge()  # a merged wrapper adds nothing, should anyone switch the slot back on
         else:
             keep.append(name)
     toolbox.set_active(keep)  # inactive slots are skipped by run_block, never computed
     fold_band_projection(merged.backbone.vit)  # the new bands' kernels join the pretrained ones in one conv
     return merged.eval()
-
-
-@torch.no_grad()
-def _fold(lora: QueryValueLoRA, qkv: torch.nn.Linear) -> None:
-    """Merge, then zero B: should anyone switch the slot back on, its delta is not applied twice."""
-    lora.merge_into(qkv)
-    lora.b_q.zero_()
-    lora.b_v.zero_()

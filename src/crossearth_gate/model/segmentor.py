@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..heads import build_head
-from ..toolbox.slots import Toolbox, ToolboxConfig, check_attention_supported
+from ..toolbox.slots import Toolbox, ToolboxConfig
 from .backbone import FrozenViT
 from .bands import band_state, grow_patch_embedding
 
@@ -34,9 +34,8 @@ class Segmentor(nn.Module):
         if band_kernels is not None:
             grow_patch_embedding(backbone.vit, band_kernels)
         self.backbone = backbone
-        if "spatial" in toolbox.types:
-            check_attention_supported(backbone.vit.blocks[0])
         self.toolbox = Toolbox(info.embed_dim, info.depth, toolbox)
+        self.toolbox.attach(backbone.vit.blocks)
         self.head_kwargs = dict(head_kwargs or {})
         self.head = build_head(head, info.embed_dim, len(backbone.out_indices), num_classes, head_channels,
                                self.head_kwargs)

@@ -6,19 +6,32 @@ A *slot* is (type, layer), named ``"<type>.<layer>"``. An inactive slot is skipp
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..util.errors import UserError
 from .adapter import ParallelAdapter
 from .frequency import FrequencyAdapter
-from .lora import QueryValueLoRA
+from .lora import LoRAQKV, QueryValueLoRA, wrap_qkv
 
 SLOT_TYPES = ("spatial", "semantic", "frequency")
+
+
+class Switchboard(Protocol):
+    """What the gate needs from a model with slots (the toolbox is one)."""
+
+    slot_names: list[str]
+
+    def active_slots(self) -> list[str]: ...
+
+    def set_active(self, names: Iterable[str]) -> None: ...
+
+    def slot_parameters(self, name: str) -> list[nn.Parameter]: ...
 
 
 @dataclass
@@ -95,6 +108,21 @@ class Toolbox(nn.Module):
             for weight in self.slot_module(name).output_weights():
                 weight.normal_(0.0, std)
 
+    def attach(self, blocks: Iterable[nn.Module]) -> None:
+        """Wrap each block's ``attn.qkv`` around its spatial slot; check that the adapter has a ``norm2`` to read.
+
+        Nothing else in the blocks changes: their own forward runs, with the slots switched in by ``run_block``.
+        """
+        blocks = list(blocks)
+        if len(blocks) != self.depth:
+            raise UserError(f"the toolbox has {self.depth} layers but the backbone {len(blocks)} blocks")
+        for layer, block in enumerate(blocks):
+            if "spatial" in self.slots:
+                wrap_qkv(getattr(block, "attn", None), self.slots["spatial"][layer])
+            if "semantic" in self.slots and not isinstance(getattr(block, "norm2", None), nn.Module):
+                raise UserError(f"semantic (adapter) slots need a block with norm2 before its MLP, found "
+                                f"{type(block).__name__}")
+
     def active_slots(self) -> list[str]:
         return [n for n in self.slot_names if n in self._active]
 
@@ -136,48 +164,72 @@ class Toolbox(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k.startswith(keep)}
 
 
-def check_attention_supported(block: nn.Module) -> None:
-    """Spatial slots need timm's standard fused-qkv attention; say so instead of failing obscurely."""
-    attn = getattr(block, "attn", None)
-    needed = ("qkv", "num_heads", "head_dim", "q_norm", "k_norm", "proj")
-    if attn is None or not all(hasattr(attn, a) for a in needed) or getattr(attn, "gate", None) is not None:
-        raise UserError(f"spatial (LoRA) slots need a fused-qkv timm Attention, found {type(attn).__name__}")
+@contextmanager
+def activated(switchboard: Switchboard, names: Iterable[str]) -> Iterator[None]:
+    """Another active set for the duration of the block; the previous set and every slot's flag come back.
+
+    The gate scores with every slot on, DA's teacher predicts with its own set, benchmarks merge a
+    selection: each restores both the active set and the ``requires_grad`` flags it found (which the
+    caller may have set differently from what ``set_active`` would), also when the block fails.
+    """
+    previous = list(switchboard.active_slots())
+    flags = [(p, p.requires_grad) for n in switchboard.slot_names for p in switchboard.slot_parameters(n)]
+    switchboard.set_active(names)
+    try:
+        yield
+    finally:
+        switchboard.set_active(previous)
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
-def _attention_with_lora(attn: nn.Module, x: Tensor, lora: QueryValueLoRA) -> Tensor:
-    """timm's Attention forward with the LoRA deltas added to the q and v slices of qkv."""
-    b, n, _ = x.shape
-    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim)
-    dq, dv = lora(x)
-    q = qkv[:, :, 0] + dq.reshape(b, n, attn.num_heads, attn.head_dim)
-    k = qkv[:, :, 1]
-    v = qkv[:, :, 2] + dv.reshape(b, n, attn.num_heads, attn.head_dim)
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    dropout = attn.attn_drop.p if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-    out = out.transpose(1, 2).reshape(b, n, -1)
-    out = attn.norm(out) if hasattr(attn, "norm") else out
-    return attn.proj_drop(attn.proj(out))
+@contextmanager
+def _lora_on(block: nn.Module, lora: QueryValueLoRA) -> Iterator[None]:
+    """Switch the block's qkv wrapper on for one call (``backbone(x, None)`` must stay the bare model)."""
+    qkv = getattr(getattr(block, "attn", None), "qkv", None)
+    if not isinstance(qkv, LoRAQKV) or qkv.lora is not lora:
+        raise RuntimeError("the toolbox is not attached to this block: call Toolbox.attach(blocks) first")
+    qkv.enabled = True
+    try:
+        yield
+    finally:
+        qkv.enabled = False
+
+
+@contextmanager
+def _input_of(module: nn.Module) -> Iterator[list[Tensor]]:
+    """Collect what ``module`` is called with: the block's post-attention state T̂ is ``norm2``'s input."""
+    seen: list[Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def run_block(
     block: nn.Module, x: Tensor, layer: int, grid: tuple[int, int], num_prefix: int, toolbox: Toolbox | None
 ) -> Tensor:
-    """One timm ViT block with its active slots: LoRA in attention, adapter beside the MLP, EA after."""
+    """One ViT block, its own forward, with its active slots: LoRA in qkv, adapter beside the MLP, EA after.
+
+    Tokens are (B, N, C) with ``num_prefix`` class/register tokens first, or a (B, h, w, C) grid (SAM).
+    The adapter reads T̂ where the block's MLP branch reads it (the input of ``norm2``) and adds outside
+    the block's LayerScale: T̂ + LS(MLP(norm2(T̂))) + Adapter(T̂) == block(x) + Adapter(T̂).
+    """
     if toolbox is None:
         return block(x)
     lora = toolbox.module("spatial", layer)
     adapter = toolbox.module("semantic", layer)
     frequency = toolbox.module("frequency", layer)
-    if lora is None and adapter is None and frequency is None:
-        return block(x)
-    normed = block.norm1(x)
-    attn_out = block.attn(normed) if lora is None else _attention_with_lora(block.attn, normed, lora)
-    x = x + block.drop_path1(block.ls1(attn_out))
-    out = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    with ExitStack() as stack:
+        if lora is not None:
+            stack.enter_context(_lora_on(block, lora))
+        seen = stack.enter_context(_input_of(block.norm2)) if adapter is not None else []
+        out = block(x)
     if adapter is not None:
-        out = out + adapter(x)
+        if len(seen) != 1:
+            raise RuntimeError(f"block {layer} called norm2 {len(seen)} times: cannot place the adapter")
+        out = out + adapter(seen[0]).reshape(out.shape)
     if frequency is not None:
-        out = out + frequency(out, grid, num_prefix)
+        out = out + frequency(out.flatten(1, -2), grid, num_prefix).reshape(out.shape)
     return out

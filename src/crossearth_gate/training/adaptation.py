@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from ..adaptation.pseudo import PseudoLabels, Weighted, has_data, pack_targets, 
 from ..adaptation.settings import ADAPTATION_METHODS, FISHER_DATA
 from ..adaptation.teacher import EMATeacher
 from ..config.schema import RunConfig
-from ..toolbox.slots import Toolbox
+from ..toolbox.slots import activated
 from ..util.errors import UserError
 from ..util.seeds import derive_seed
 from .losses import fisher_loss, segmentation_loss
@@ -180,20 +179,6 @@ class DACSTask(SegmentationTask):
         self._saved_ranks = state["ranks"] if "ranks" in state else [state]  # [state]: saved before DDP sharding
 
 
-@contextmanager
-def _active(toolbox: Toolbox, names: Iterable[str]) -> Iterator[None]:
-    """Temporarily another active set; the previous one and every requires_grad flag come back."""
-    previous = toolbox.active_slots()
-    flags = [(p, p.requires_grad) for p in toolbox.parameters()]
-    toolbox.set_active(names)
-    try:
-        yield
-    finally:
-        toolbox.set_active(previous)
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def relative_weights(weight: Tensor) -> Tensor:
     """w / mean(w); all ones when every weight is 0."""
     mean = weight.mean()
@@ -237,7 +222,7 @@ class PseudoLabelledFisherData:
                 loader = DataLoader(self.unlabelled, batch_size=n_target, shuffle=True,
                                     generator=torch.Generator().manual_seed(seed))
                 images = next(iter(loader))["image"].to(device)
-                with _active(self.task.model.toolbox, active):
+                with activated(self.task.model.toolbox, active):
                     labels, weight = self.task.pseudo_label(images)
                 drawn.append((images, pack_targets(labels, relative_weights(weight))))
         yield from drawn

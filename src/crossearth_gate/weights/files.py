@@ -1,12 +1,14 @@
 """Read a backbone checkpoint in any layout users hold and return it in timm's key layout.
 
 Layouts: official DINOv2 ``.pth``, timm ``.safetensors``/``.pth``, Hugging Face ``Dinov2Model`` (``.safetensors``
-or ``pytorch_model.bin``, with or without the ``dinov2.`` prefix, registers or not), and ONNX exports of a
-Hugging Face Dinov2 model. Loading into a model is strict: every key and shape must match.
+or ``pytorch_model.bin``, with or without the ``dinov2.`` prefix, registers or not), ONNX exports of a
+Hugging Face Dinov2 model, the official SAM, SatMAE and Scale-MAE releases. Loading into a model is strict:
+every key and shape must match.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from pathlib import Path
 
@@ -16,7 +18,9 @@ from torch import Tensor, nn
 
 from ..util.errors import UserError
 from .huggingface import huggingface_to_official, is_huggingface
+from .mae import mae_layout, mae_to_timm
 from .official import official_to_timm
+from .sam import is_sam, sam_to_timm
 
 
 def sha256_of(path: Path) -> str:
@@ -37,7 +41,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            # MAE-style training checkpoints (SatMAE, Scale-MAE) store their argparse options beside the weights
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})".splitlines()[0]) from err
     for key in ("model", "state_dict", "teacher"):
@@ -61,6 +67,10 @@ def read_backbone_weights(path: Path, uses_no_embed_class: bool) -> tuple[dict[s
         official, layout = huggingface_to_official(onnx_to_huggingface(path), str(path)), "onnx"
     else:
         state = read_state_dict(path)
+        if is_sam(state):
+            return sam_to_timm(state, str(path)), "sam"
+        if (mae := mae_layout(state)) is not None:
+            return mae_to_timm(state, mae, str(path)), mae
         if is_huggingface(state):
             official, layout = huggingface_to_official(state, str(path)), "huggingface"
         else:

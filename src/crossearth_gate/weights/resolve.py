@@ -40,6 +40,7 @@ class WeightsRecord:
     file: str | None
     sha256: str | None
     description: str
+    layout: str | None = None  # the key layout the file came in (a converted file: its source's)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +65,9 @@ def _from_file(name: str, requested: str, path: Path, kwargs: dict[str, Any], so
     vit = timm.create_model(name, pretrained=False, **kwargs)
     layout = load_checkpoint(vit, path)
     text = description or f"{path} ({layout} layout)"
-    return vit, WeightsRecord(requested, source, str(path), sha256_of(path), text)
+    if path.suffix == ".safetensors":
+        layout = read_provenance(path).get("source_layout", layout)
+    return vit, WeightsRecord(requested, source, str(path), sha256_of(path), text, layout)
 
 
 def _from_hub(name: str, requested: str, kwargs: dict[str, Any]) -> tuple[nn.Module, WeightsRecord]:
