@@ -80,9 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path, help="run directories (any of the 18 benchmark settings)")
     p.add_argument("--out", "-o", type=Path, help="also write the markdown table to this file")
 
-    p = sub.add_parser("export", help="export adapters + head as one safetensors file with a JSON sidecar")
+    p = sub.add_parser("export", help="export adapters + head as safetensors (+ JSON sidecar), or the whole "
+                                       "merged model as one ONNX graph")
     p.add_argument("model", type=Path, help="a run directory or trainable.safetensors")
-    p.add_argument("--out", "-o", required=True, type=Path, help="output .safetensors path")
+    p.add_argument("--out", "-o", required=True, type=Path, help="output .safetensors or .onnx path")
+    p.add_argument("--format", default="safetensors", help="safetensors (default) or onnx")
+    p.add_argument("--window", type=int, help="onnx: the graph's fixed window (default: the training crop)")
+    p.add_argument("--weights", help="onnx: backbone weights to use instead of the recorded source")
 
     p = sub.add_parser("benchmark", help="step time, memory, selection and inference cost of every configuration, "
                                           "on real selections over the demo images")
@@ -180,10 +184,9 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None:
             console.info(f"table written to {args.out}")
     elif args.command == "export":
-        from .model.artefacts import export_model, model_file
+        from .export.cli import export_cli
 
-        weights, sidecar = export_model(model_file(args.model), args.out)
-        console.info(f"exported {weights} and {sidecar}")
+        export_cli(args)
     elif args.command == "benchmark":
         from .benchmark.command import benchmark_cli
 
