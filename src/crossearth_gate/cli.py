@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=100, help="gate re-selection interval N")
     p.add_argument("--num-samples", type=int, default=8, help="Fisher samples M")
     p.add_argument("--step-fraction", type=float, default=0.6, help="the compute-aware gate's budget (of all-on)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds: every configuration once per round")
+    p.add_argument("--predict-size", type=int, default=1024,
+                   help="side of the GeoTIFF predicted per round (0: no predict section)")
     p.add_argument("--out", type=Path, help="JSON file for the results")
     p.add_argument("--profile", type=Path, help="text file for torch.profiler's table of one all-on training step")
 
