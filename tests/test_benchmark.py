@@ -110,6 +110,9 @@ def test_predict_runners_are_measured_and_agree(result: tuple[dict, Path]) -> No
     assert predict["parity"]["max_abs_logit_diff"] < 1e-4 and predict["parity"]["logit_std"] > 0
     assert min(predict["class_agreement"].values()) >= 0.9999
     assert all(s["median"] > 0 for s in predict["megapixels_per_s"].values())
+    assert predict["windows"] == 9 and predict["window_gflops"] > 0  # 64 px scene, 32 px windows at stride 21
+    shares = [v for k, v in result[0]["ratios"].items() if k.endswith("_share_of_matmul_rate")]
+    assert len(shares) == 4 and all(v > 0 for v in shares)
 
 
 def test_spread_summary_and_warning_on_hand_made_rounds() -> None:

@@ -198,7 +198,7 @@ def round_ratios(record: dict[str, Any]) -> dict[str, float]:
         "selection_overhead_at_n100": overhead("gated"),
         "compute_aware_selection_overhead_at_n100": overhead("compute-aware"),
     })
-    ratios.update({k: v for k, v in record["predict"].items() if not k.endswith("_megapixels_per_s")})
+    ratios.update({k: v for k, v in record["predict"].items() if k.startswith("predict_")})
     return ratios
 
 
@@ -273,9 +273,10 @@ def summarise(setup: BenchSetup, selected: Selected, rows: list[dict[str, Any]],
         "rounds": rounds,
     }
     if predicted is not None:
-        throughput = spreads([{k: v for k, v in r["predict"].items() if k.endswith("_megapixels_per_s")}
-                              for r in rounds])
-        result["predict"] = {**predicted, "megapixels_per_s": throughput}
+        rates = spreads([{k: v for k, v in r["predict"].items() if not k.startswith("predict_")} for r in rounds])
+        throughput = {k: v for k, v in rates.items() if k.endswith("_megapixels_per_s")}
+        result["predict"] = {**predicted, "megapixels_per_s": throughput,
+                             "matmul_gflops_per_s": rates["matmul_gflops_per_s"]}
     return result
 
 
