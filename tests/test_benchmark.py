@@ -123,3 +123,12 @@ def test_spread_summary_and_warning_on_hand_made_rounds() -> None:
     line = warning_line(wide(tight), 2)
     assert line is not None and "\n" not in line and "b" in line and "rerun on a quieter machine" in line
     assert warning_line([], 2) is None
+
+
+@pytest.mark.parametrize(("flags", "needle"), [(["--rounds", "0"], "--rounds >= 1"),
+                                               (["--predict-size", "100"], "--predict-size 100")])
+def test_bad_rounds_or_scene_size_is_one_line(flags: list[str], needle: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["benchmark", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err

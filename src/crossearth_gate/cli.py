@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images, folders or GeoTIFF scenes with a trained model")
     p.add_argument("inputs", nargs="+", type=Path, help="image files, folders or GeoTIFFs")
     p.add_argument("--model", "-m", required=True, type=Path,
-                   help="a run directory or a trainable/exported .safetensors file")
+                   help="a run directory, a trainable/exported .safetensors file, or an exported .onnx graph")
     p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
     p.add_argument("--weights", help="backbone weights to use instead of the recorded source")
     p.add_argument("--bands", help="1-based band order for GeoTIFFs, e.g. 3,2,1 or 1,1,1")
