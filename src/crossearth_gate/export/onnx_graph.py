@@ -22,7 +22,6 @@ import torch
 from ..model.artefacts import ModelSpec, load_trainable, model_file
 from ..model.merge import merge_for_inference
 from ..model.segmentor import Segmentor
-from ..toolbox.frequency import FrequencyAdapter, matrix_frequency_split
 from ..toolbox.slots import parse_slot
 from ..util.atomic import atomic_write
 from ..util.errors import UserError
@@ -67,12 +66,9 @@ def _is_onnx_export(path: Path) -> bool:
 
 
 def deployable(model: Segmentor) -> tuple[Segmentor, list[str], list[str]]:
-    """The merged copy with matrix frequency splits; the slots left in its graph and the LoRA slots folded."""
+    """The merged copy (its frequency splits are matrices); the slots left in its graph and the LoRA slots folded."""
     folded = [n for n in model.toolbox.active_slots() if parse_slot(n)[0] == "spatial"]
     merged = merge_for_inference(model)
-    for module in merged.modules():
-        if isinstance(module, FrequencyAdapter):
-            module.split = matrix_frequency_split
     return merged, merged.toolbox.active_slots(), folded
 
 

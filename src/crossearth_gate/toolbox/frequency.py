@@ -6,6 +6,7 @@ pass through untouched.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -52,12 +53,14 @@ def frequency_split(grid: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
     return low.to(grid.dtype), (work - low).to(grid.dtype)
 
 
+@functools.lru_cache(maxsize=64)
 def low_pass_matrix(size: int, cutoff: float) -> Tensor:
     """The (size, size) float64 matrix of the 1-D low-pass along one axis: FFT, shift, window, unshift, IFFT.
 
     The window is symmetric under k → −k, so this operator is a REAL circulant matrix (its imaginary part
     is rounding, dropped); the 2-D low pass is separable: ``low = P_h · X · P_wᵀ``. Computed in numpy so
-    that a trace records the matrix as a constant, not the complex FFTs that made it.
+    that a trace records the matrix as a constant, not the complex FFTs that made it. Cached: callers must
+    not modify it in place.
     """
     band = _centred_band(size, cutoff, None).numpy().astype(np.float64)[:, None]
     spectrum = np.fft.fftshift(np.fft.fft(np.eye(size), axis=0, norm="ortho"), axes=0)
@@ -84,7 +87,7 @@ class FrequencyAdapter(nn.Module):
         self.experts = nn.ModuleList(Bottleneck(dim, hidden) for _ in range(3))
         self.router = nn.Linear(dim, 3)
         self.scale = nn.Parameter(torch.tensor(float(scale_init)))
-        self.split = frequency_split  # the ONNX export swaps in matrix_frequency_split (same result)
+        self.split = frequency_split  # merge_for_inference swaps in matrix_frequency_split (same result, faster)
 
     def forward(self, tokens: Tensor, grid: tuple[int, int], num_prefix: int) -> Tensor:
         """Return the residual to add to ``tokens`` (B, N, C); zero on the prefix tokens."""
