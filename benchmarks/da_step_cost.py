@@ -1,11 +1,18 @@
 """DG vs DA training-step cost, alternating single steps in one process (same load for both): real weights,
-the Dubai protocol (forward, backward, AdamW step; DA also its teacher, ClassMix and EMA update)."""
+the Dubai protocol (forward, backward, AdamW step; DA also its teacher, ClassMix and EMA update).
+
+Each round times one DG and one DA step; the ratio is computed per round (same load for its two steps)
+and reported as median with its min-max, with the benchmark's warning when that spread is wider than ±0.05.
+
+    python benchmarks/da_step_cost.py ROUNDS
+"""
 import statistics
 import sys
 import time
 
 import torch
 
+from crossearth_gate.benchmark.spread import spread, warning_line, wide
 from crossearth_gate.config.schema import load_config
 from crossearth_gate.data import get_dataset_info
 from crossearth_gate.training.adaptation import build_task, prepare_adaptation
@@ -44,4 +51,7 @@ for _ in range(rounds):  # alternate single steps, so both see the same load
         times[name].append(time.perf_counter() - start)
 for name, t in times.items():
     print(f"{name}: median {statistics.median(t):.3f} s/step over {len(t)} steps (min {min(t):.3f})")
-print(f"ratio DA/DG: {statistics.median(times['dubai_da']) / statistics.median(times['dubai_dg']):.2f}")
+ratio = spread([da / dg for da, dg in zip(times["dubai_da"], times["dubai_dg"], strict=True)])
+print(f"ratio DA/DG per round: median {ratio['median']:.2f} (min {ratio['min']:.2f}, max {ratio['max']:.2f})")
+if line := warning_line(wide({"DA/DG": ratio}), rounds):
+    print(line)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from crossearth_gate.heads.losses import cross_entropy
 from crossearth_gate.model.artefacts import build_seeded_backbone, load_trainable, save_trainable, spec_of
 from crossearth_gate.model.bands import BandProjection, check_kernels, kernel_map
 from crossearth_gate.model.merge import merge_for_inference
 from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
-from crossearth_gate.training.losses import cross_entropy
 from crossearth_gate.util.errors import UserError
 
 BACKBONE, SIZE, SEED = "test_vit", 32, 3  # timm's tiny ViT (patch 16), rebuilt from its spec by name

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from crossearth_gate.benchmark.command import CONFIGS, BenchSetup
+from crossearth_gate.benchmark.spread import spread, spreads, warning_line, wide
 from crossearth_gate.cli import main
 
 TINY = ["--weights", "none", "--backbone", "test_vit", "--img-size", "32", "--batch-size", "2", "--steps", "1",
-        "--warmup-steps", "0", "--select-after", "1", "--num-samples", "2", "--step-fraction", "1.0"]
+        "--warmup-steps", "0", "--select-after", "1", "--num-samples", "2", "--step-fraction", "1.0",
+        "--rounds", "2", "--predict-size", "64"]
 RATIOS = ("gated_step_vs_all_on", "compute_aware_step_vs_all_on", "merged_inference_vs_bare",
           "selection_overhead_at_n100")
 
@@ -76,5 +78,57 @@ def test_the_command_lists_every_option() -> None:
     command = BenchSetup().command(Path("b.json"), None)
     assert command == (
         "crossearth-gate benchmark --weights auto --backbone vit_small_patch14_dinov2 --img-size 224 --batch-size 4 "
-        "--steps 5 --warmup-steps 2 --select-after 5 --every 100 --num-samples 8 --step-fraction 0.6 --out b.json"
+        "--steps 5 --warmup-steps 2 --select-after 5 --every 100 --num-samples 8 --step-fraction 0.6 --rounds 3 "
+        "--predict-size 1024 --out b.json"
     )
+
+
+def test_every_ratio_is_measured_per_round_with_its_spread(result: tuple[dict, Path]) -> None:
+    """Each round's ratio comes from that round's own measurements; the headline is their median."""
+    data = result[0]
+    assert len(data["rounds"]) == 2
+    for name, s in data["ratio_spreads"].items():
+        assert len(s["rounds"]) == 2 and s["min"] <= s["median"] <= s["max"], name
+        assert data["ratios"][name] == s["median"]
+    for i, record in enumerate(data["rounds"]):
+        steps = record["step_s"]
+        assert set(steps) == set(CONFIGS)
+        assert data["ratio_spreads"]["gated_step_vs_all_on"]["rounds"][i] == steps["gated"] / steps["all-on"]
+        merged = record["predict"]["torch-merged_megapixels_per_s"]
+        assert data["ratio_spreads"]["predict_onnx_vs_torch_merged_throughput"]["rounds"][i] == (
+            record["predict"]["onnx_megapixels_per_s"] / merged)
+    rows = {r["config"]: r for r in data["rows"]}
+    low, high = rows["gated"]["step_vs_all_on_spread"]
+    assert low <= rows["gated"]["step_vs_all_on"] <= high
+
+
+def test_predict_runners_are_measured_and_agree(result: tuple[dict, Path]) -> None:
+    """PyTorch unmerged, merged and onnxruntime predict the same scene; the exported graph matches PyTorch."""
+    predict = result[0]["predict"]
+    assert set(predict["runners"]) == {"torch-unmerged", "torch-merged", "onnx", "onnx-unoptimised"}
+    assert all(r["peak_rss_mb"] > 0 for r in predict["runners"].values())
+    assert predict["parity"]["max_abs_logit_diff"] < 1e-4 and predict["parity"]["logit_std"] > 0
+    assert min(predict["class_agreement"].values()) >= 0.9999
+    assert all(s["median"] > 0 for s in predict["megapixels_per_s"].values())
+    assert predict["windows"] == 9 and predict["window_gflops"] > 0  # 64 px scene, 32 px windows at stride 21
+    shares = [v for k, v in result[0]["ratios"].items() if k.endswith("_share_of_matmul_rate")]
+    assert len(shares) == 4 and all(v > 0 for v in shares)
+
+
+def test_spread_summary_and_warning_on_hand_made_rounds() -> None:
+    s = spread([0.62, 0.60, 0.71])
+    assert (s["median"], s["min"], s["max"]) == (0.62, 0.60, 0.71) and abs(s["half_width"] - 0.055) < 1e-12
+    tight = spreads([{"a": 0.50, "b": 1.0}, {"a": 0.55, "b": 1.2}])
+    assert wide(tight) == ["b"]  # ±0.025 passes, ±0.1 does not
+    line = warning_line(wide(tight), 2)
+    assert line is not None and "\n" not in line and "b" in line and "rerun on a quieter machine" in line
+    assert warning_line([], 2) is None
+
+
+@pytest.mark.parametrize(("flags", "needle"), [(["--rounds", "0"], "--rounds >= 1"),
+                                               (["--predict-size", "100"], "--predict-size 100")])
+def test_bad_rounds_or_scene_size_is_one_line(flags: list[str], needle: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["benchmark", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images, folders or GeoTIFF scenes with a trained model")
     p.add_argument("inputs", nargs="+", type=Path, help="image files, folders or GeoTIFFs")
     p.add_argument("--model", "-m", required=True, type=Path,
-                   help="a run directory or a trainable/exported .safetensors file")
+                   help="a run directory, a trainable/exported .safetensors file, or an exported .onnx graph")
     p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
     p.add_argument("--weights", help="backbone weights to use instead of the recorded source")
     p.add_argument("--bands", help="1-based band order for GeoTIFFs, e.g. 3,2,1 or 1,1,1")
@@ -79,9 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path, help="run directories (any of the 18 benchmark settings)")
     p.add_argument("--out", "-o", type=Path, help="also write the markdown table to this file")
 
-    p = sub.add_parser("export", help="export adapters + head as one safetensors file with a JSON sidecar")
+    p = sub.add_parser("export", help="export adapters + head as safetensors (+ JSON sidecar), or the whole "
+                                       "merged model as one ONNX graph")
     p.add_argument("model", type=Path, help="a run directory or trainable.safetensors")
-    p.add_argument("--out", "-o", required=True, type=Path, help="output .safetensors path")
+    p.add_argument("--out", "-o", required=True, type=Path, help="output .safetensors or .onnx path")
+    p.add_argument("--format", default="safetensors", help="safetensors (default) or onnx")
+    p.add_argument("--window", type=int, help="onnx: the graph's fixed window (default: the training crop)")
+    p.add_argument("--weights", help="onnx: backbone weights to use instead of the recorded source")
 
     p = sub.add_parser("benchmark", help="step time, memory, selection and inference cost of every configuration, "
                                           "on real selections over the demo images")
@@ -95,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=100, help="gate re-selection interval N")
     p.add_argument("--num-samples", type=int, default=8, help="Fisher samples M")
     p.add_argument("--step-fraction", type=float, default=0.6, help="the compute-aware gate's budget (of all-on)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds: every configuration once per round")
+    p.add_argument("--predict-size", type=int, default=1024,
+                   help="side of the GeoTIFF predicted per round (0: no predict section)")
     p.add_argument("--out", type=Path, help="JSON file for the results")
     p.add_argument("--profile", type=Path, help="text file for torch.profiler's table of one all-on training step")
     p.add_argument("--io", action="store_true", help="instead: training-crop reading, GeoTIFF windows vs JPEG tiles "
@@ -195,10 +202,9 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None:
             console.info(f"table written to {args.out}")
     elif args.command == "export":
-        from .model.artefacts import export_model, model_file
+        from .export.cli import export_cli
 
-        weights, sidecar = export_model(model_file(args.model), args.out)
-        console.info(f"exported {weights} and {sidecar}")
+        export_cli(args)
     elif args.command == "benchmark":
         from .benchmark.command import benchmark_cli
 

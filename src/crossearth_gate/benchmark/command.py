@@ -2,36 +2,41 @@
 
 One invocation, on real crops of the demo images and the given backbone weights:
 
-1. **Selection** (this process): train a few steps with every slot on, run the paper's Fisher selection
-   on M demo images (timed, per-sample loop and vmap), calibrate the cost model and run the
-   compute-aware selection at the given budget on the same scores, and time inference of the merged
-   models (LoRA folded in, inactive slots dropped) against the bare backbone + head.
-2. **Steps**: each configuration — all-on, the paper's gate with the set it selected, the compute-aware
-   gate with its set, LoRA only, full fine-tuning, frozen — in a fresh process (so its peak RSS is its
-   own) on the same real batch: median step time, bytes autograd saves, peak RSS.
+1. **Set-up** (this process): train a few steps with every slot on, run the paper's Fisher selection on M
+   demo images, calibrate the cost model and run the compute-aware selection at the given budget on the
+   same scores; merge the selected models (LoRA folded in, inactive slots dropped); export the gated
+   model to ONNX and start the workers: one process per training configuration — all-on, the paper's
+   gate with the set it selected, the compute-aware gate with its set, LoRA only, full fine-tuning,
+   frozen — and one per ``predict`` runner (PyTorch unmerged and merged, onnxruntime), each alive for
+   the whole run, so its peak RSS is its own and its model is built once.
+2. **Rounds**: every round measures everything once, one thing at a time — the Fisher selection (loop and
+   vmap), merged vs bare inference, each configuration's median training step, each runner's
+   ``predict`` of a large GeoTIFF — and computes every ratio against the SAME round's reference. A
+   machine whose speed drifts (a shared one does, by 2x and more) then moves numerator and denominator
+   together; the headline is the median over rounds with its min–max, and a ratio whose spread is wider
+   than ±0.05 is flagged in one line.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import platform
-import queue
-import resource
 import shlex
 import sys
-import traceback
+import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..gating import Budget
 from ..util.atomic import atomic_write_json, atomic_write_text
 from ..util.errors import UserError
+from .spread import spreads, warning_line, wide
+from .steps import StepMeasurer
+from .workers import Worker
 
 CONFIGS = ("all-on", "gated", "compute-aware", "lora", "full-finetune", "frozen")
 GATE_K = 0.25  # the demo's and the paper's k: a quarter of the slots
@@ -52,6 +57,8 @@ class BenchSetup:
     every: int = OVERHEAD_N
     num_samples: int = 8
     step_fraction: float = 0.6
+    rounds: int = 3
+    predict_size: int = 1024
     threads: int = 0  # 0: torch's default
 
     def command(self, out: Path | None, profile: Path | None) -> str:
@@ -62,15 +69,36 @@ class BenchSetup:
         return "crossearth-gate benchmark " + " ".join(flags)
 
 
-def select_sets(setup: BenchSetup) -> dict[str, Any]:
-    """Phase 1: the real Fisher selection, the compute-aware one on the same scores, and merged inference."""
+@dataclass
+class Selected:
+    """The set-up phase's outcome: the selected sets and what the rounds re-time in this process."""
+
+    model: Any
+    fisher: list[Any]
+    k: int
+    gated: list[str]
+    aware: list[str]
+    scores: dict[str, float]
+    cost: Any
+    calibration_s: float
+    budget_record: dict[str, Any]
+    models: dict[str, Any]
+    images: torch.Tensor
+    masks: torch.Tensor
+    spec: Any
+
+
+def select_sets(setup: BenchSetup) -> Selected:
+    """The real Fisher selection, the compute-aware one on the same scores, and the merged models."""
+    from ..data import get_dataset_info
     from ..gating import FisherSelector, budgeted_top_k, calibrate, resolve_k
     from ..gating.budget import budget_record
     from ..heads.losses import per_sample_cross_entropy
+    from ..model.artefacts import spec_of
     from ..model.merge import merge_for_inference
     from ..toolbox.slots import activated
     from ..training.run import build_datamodule
-    from .measure import bench_config, build_model, inference_s, optimizer_of, timed, train_step
+    from .measure import bench_config, build_model, optimizer_of, timed, train_step
 
     cfg = bench_config(setup.backbone, setup.weights, setup.img_size, setup.batch_size)
     model = build_model(cfg)
@@ -85,12 +113,8 @@ def select_sets(setup: BenchSetup) -> dict[str, Any]:
     for _, batch in zip(range(setup.select_after), _forever(data), strict=False):
         train_step(model, optimizer, batch["image"], batch["mask"])
     k = resolve_k(GATE_K, len(toolbox.slot_names))
-    selections, selection_s = {}, {}
-    for method in ("loop", "vmap"):  # the same M images for both; the loop is the default method
-        fisher = [(b["image"], b["mask"]) for b in data.fisher_dataloader(setup.num_samples, seed=cfg.train.seed)]
-        selections[method], selection_s[method] = timed(lambda m=method, f=fisher: FisherSelector(m).select(
-            model, toolbox, f, per_sample_cross_entropy, setup.num_samples, k, 0), images.device)
-    gated = selections["loop"]
+    fisher = [(b["image"], b["mask"]) for b in data.fisher_dataloader(setup.num_samples, seed=cfg.train.seed)]
+    gated = FisherSelector("loop").select(model, toolbox, fisher, per_sample_cross_entropy, setup.num_samples, k, 0)
     cost, calibration_s = timed(lambda: calibrate(model, toolbox, images, masks, per_sample_cross_entropy),
                                 images.device)
     budget = Budget(step_fraction=setup.step_fraction)
@@ -99,20 +123,14 @@ def select_sets(setup: BenchSetup) -> dict[str, Any]:
     for name, active in (("merged_gated", gated.active), ("merged_compute_aware", aware)):
         with activated(toolbox, active):
             models[name] = merge_for_inference(model)
+    dataset = get_dataset_info(cfg.data.source.dataset)
+    with activated(toolbox, gated.active):
+        spec = spec_of(model, list(dataset.classes), [list(c) for c in dataset.palette], cfg.train.seed,
+                       setup.img_size, cfg.model.head, cfg.model.head_channels, cfg.model.backbone_kwargs)
     toolbox.set_active([])
-    models["bare"] = model.eval()
-    return {
-        "k": k,
-        "gated": gated.active,
-        "compute_aware": aware,
-        "scores": gated.normalized,
-        "selection_s": selection_s,
-        "cost_model": cost.to_dict(),
-        "calibration_s": calibration_s,
-        "budget_record": budget_record(aware, gated.normalized, k, cost, budget),
-        "inference_s": inference_s(models, images, setup.warmup_steps, setup.steps),
-        "batch": (images.numpy(), masks.numpy()),
-    }
+    models["bare"] = model.eval()  # the bare backbone + head; the selection rounds switch slots back off
+    return Selected(model, fisher, k, gated.active, aware, gated.normalized, cost, calibration_s,
+                    budget_record(aware, gated.normalized, k, cost, budget), models, images, masks, spec)
 
 
 def _forever(data: Any) -> Any:
@@ -120,153 +138,173 @@ def _forever(data: Any) -> Any:
         yield from data.train_dataloader()
 
 
-def measure_config(setup: BenchSetup, config: str, active: list[str] | None, images: np.ndarray,
-                   masks: np.ndarray, profile: bool) -> dict[str, Any]:
-    """Phase 2, in a fresh process: one configuration's step time, saved activations and peak RSS."""
-    from .measure import bench_config, build_model, median_step_s, profile_table, saved_activation_bytes
+def selection_round(setup: BenchSetup, selected: Selected) -> dict[str, float]:
+    """One timing of the same Fisher selection with each method (the loop is the default)."""
+    from ..gating import FisherSelector
+    from ..training.losses import per_sample_cross_entropy
+    from .measure import timed
 
-    if setup.threads:
-        torch.set_num_threads(setup.threads)
-    model = build_model(bench_config(setup.backbone, setup.weights, setup.img_size, setup.batch_size, config))
-    toolbox = model.toolbox
-    if active is not None:
-        toolbox.set_active(active)
-    x, y = torch.from_numpy(images), torch.from_numpy(masks)
-    saved = saved_activation_bytes(model, x, y)
-    step_s = median_step_s(model, x, y, setup.warmup_steps, setup.steps)
-    row = {
-        "config": config,
-        "active_slots": len(toolbox.active_slots()),
-        "active": toolbox.active_slots(),
-        "lowest_active_layer": toolbox.lowest_active_layer(),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "step_s": step_s,
-        "saved_activation_mb": saved / 2**20,
-        "peak_rss_mb": peak_rss_mb(),
-    }
-    return {**row, "profile": profile_table(model, x, y)} if profile else row
+    model, toolbox = selected.model, selected.model.toolbox
+    model.train()
+    seconds = {}
+    for method in ("loop", "vmap"):
+        _, seconds[method] = timed(lambda m=method: FisherSelector(m).select(
+            model, toolbox, selected.fisher, per_sample_cross_entropy, setup.num_samples, selected.k, 0),
+            selected.images.device)
+    toolbox.set_active([])  # back to the bare model that ``inference_s`` times
+    model.eval()
+    return seconds
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's VmHWM belongs to the process image, whereas ru_maxrss
-    survives exec and would start a spawned child at its parent's peak."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def start_step_workers(setup: BenchSetup, selected: Selected, profile: bool) -> dict[str, Worker]:
+    actives = {"gated": selected.gated, "compute-aware": selected.aware}
+    images, masks = selected.images.numpy(), selected.masks.numpy()
+    workers: dict[str, Worker] = {}
+    try:
+        for config in CONFIGS:
+            workers[config] = Worker(StepMeasurer, setup, config, actives.get(config), images, masks,
+                                     profile and config == "all-on")
+    except BaseException:
+        for worker in workers.values():
+            worker.kill()
+        raise
+    return workers
+
+
+def one_round(setup: BenchSetup, selected: Selected, workers: dict[str, Worker], predict: Any,
+              index: int) -> dict[str, Any]:
+    """Everything once, one at a time; the configurations' order rotates so none always runs first."""
+    from .measure import inference_s
+
+    selection = selection_round(setup, selected)
+    inference = inference_s(selected.models, selected.images, setup.warmup_steps, setup.steps)
+    order = CONFIGS[index % len(CONFIGS):] + CONFIGS[: index % len(CONFIGS)]
+    steps = {config: workers[config].measure()["step_s"] for config in order}
+    return {"selection_s": selection, "inference_s": inference, "step_s": steps,
+            "predict": predict.measure_round(index) if predict is not None else {}}
+
+
+def round_ratios(record: dict[str, Any]) -> dict[str, float]:
+    """Every ratio of one round, each against the same round's reference."""
+    steps, inference, loop_s = record["step_s"], record["inference_s"], record["selection_s"]["loop"]
+
+    def overhead(config: str) -> float:
+        return loop_s / (OVERHEAD_N * steps[config] + loop_s)
+
+    ratios = {f"{config.replace('-', '_')}_step_vs_all_on": steps[config] / steps["all-on"]
+              for config in CONFIGS if config != "all-on"}
+    ratios.update({
+        "merged_inference_vs_bare": inference["merged_gated"] / inference["bare"],
+        "merged_compute_aware_inference_vs_bare": inference["merged_compute_aware"] / inference["bare"],
+        "selection_overhead_at_n100": overhead("gated"),
+        "compute_aware_selection_overhead_at_n100": overhead("compute-aware"),
+    })
+    ratios.update({k: v for k, v in record["predict"].items() if k.startswith("predict_")})
+    return ratios
 
 
 def run_benchmark(setup: BenchSetup, profile: bool = False) -> dict[str, Any]:
+    from .predict import start_predict
+
     selected = select_sets(setup)
-    images, masks = selected.pop("batch")
-    actives = {"gated": selected["gated"], "compute-aware": selected["compute_aware"]}
-    rows = [
-        _in_fresh_process(measure_config, setup, c, actives.get(c), images, masks, profile and c == "all-on")
-        for c in CONFIGS
-    ]
+    workers = start_step_workers(setup, selected, profile)
+    predict = None
+    with tempfile.TemporaryDirectory(prefix="ceg-bench-") as folder:
+        try:
+            if setup.predict_size:
+                predict = start_predict(selected.model, selected.spec, selected.images, Path(folder),
+                                        setup.predict_size, setup.batch_size, setup.threads)
+            rounds = [one_round(setup, selected, workers, predict, i) for i in range(setup.rounds)]
+            rows = [workers[config].finish() for config in CONFIGS]
+            predicted = predict.finish() if predict is not None else None
+        except BaseException:
+            for worker in workers.values():
+                worker.kill()
+            if predict is not None:
+                predict.kill()
+            raise
     table = rows[0].pop("profile", None)
-    result = summarise(setup, selected, rows)
+    result = summarise(setup, selected, rows, rounds, predicted)
     if table is not None:
         result["profile"] = table
     return result
 
 
-def summarise(setup: BenchSetup, selected: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rows with ratios against all-on, and the headline ratios (plain ratios: 0.025 means 2.5 %)."""
+def summarise(setup: BenchSetup, selected: Selected, rows: list[dict[str, Any]], rounds: list[dict[str, Any]],
+              predicted: dict[str, Any] | None) -> dict[str, Any]:
+    """Medians over rounds with their spreads; rows with ratios against all-on (0.025 means 2.5 %)."""
+    ratio_spreads = spreads([round_ratios(r) for r in rounds])
+    step_spreads = spreads([r["step_s"] for r in rounds])
     by = {r["config"]: r for r in rows}
-    base = by["all-on"]
     for r in rows:
-        r["step_vs_all_on"] = r["step_s"] / base["step_s"]
-        r["activations_vs_all_on"] = r["saved_activation_mb"] / base["saved_activation_mb"]
-    loop_s = selected["selection_s"]["loop"]
-    inference = selected["inference_s"]
-
-    def rss(config: str) -> float:
-        return by[config]["peak_rss_mb"]
-
-    def overhead(config: str) -> float:
-        return loop_s / (OVERHEAD_N * by[config]["step_s"] + loop_s)
-
-    ratios = {
-        "gated_step_vs_all_on": by["gated"]["step_vs_all_on"],
-        "compute_aware_step_vs_all_on": by["compute-aware"]["step_vs_all_on"],
-        "lora_step_vs_all_on": by["lora"]["step_vs_all_on"],
-        "full_finetune_step_vs_all_on": by["full-finetune"]["step_vs_all_on"],
-        "frozen_step_vs_all_on": by["frozen"]["step_vs_all_on"],
-        "compute_aware_predicted_step_vs_all_on": selected["budget_record"]["step_fraction"],
-        "merged_inference_vs_bare": inference["merged_gated"] / inference["bare"],
-        "merged_compute_aware_inference_vs_bare": inference["merged_compute_aware"] / inference["bare"],
-        "selection_overhead_at_n100": overhead("gated"),
-        "compute_aware_selection_overhead_at_n100": overhead("compute-aware"),
-        "compute_aware_peak_rss_vs_full_finetune": rss("compute-aware") / rss("full-finetune"),
-    }
-    return {
+        name = r["config"]
+        r["step_s"] = step_spreads[name]["median"]
+        r["step_s_spread"] = [step_spreads[name]["min"], step_spreads[name]["max"]]
+        key = f"{name.replace('-', '_')}_step_vs_all_on"
+        r["step_vs_all_on"] = ratio_spreads[key]["median"] if key in ratio_spreads else 1.0
+        r["step_vs_all_on_spread"] = ([ratio_spreads[key]["min"], ratio_spreads[key]["max"]]
+                                      if key in ratio_spreads else [1.0, 1.0])
+        r["activations_vs_all_on"] = r["saved_activation_mb"] / by["all-on"]["saved_activation_mb"]
+    ratios = {name: s["median"] for name, s in ratio_spreads.items()}
+    ratios["compute_aware_predicted_step_vs_all_on"] = selected.budget_record["step_fraction"]
+    ratios["compute_aware_peak_rss_vs_full_finetune"] = (by["compute-aware"]["peak_rss_mb"]
+                                                         / by["full-finetune"]["peak_rss_mb"])
+    selection = spreads([r["selection_s"] for r in rounds])
+    flagged = wide(ratio_spreads)
+    result = {
         "setup": asdict(setup),
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
                     "threads": setup.threads or torch.get_num_threads()},
         "ratios": ratios,
+        "ratio_spreads": ratio_spreads,
+        "spread_warning": warning_line(flagged, setup.rounds),
         "rows": rows,
         "selection": {
-            "k": selected["k"], "num_samples": setup.num_samples, "every": setup.every,
-            "gated_active": selected["gated"], "normalized_scores": selected["scores"],
-            "methods": {m: {"seconds": s, "overhead_fraction": s / (setup.every * by["gated"]["step_s"] + s)}
-                        for m, s in selected["selection_s"].items()},
+            "k": selected.k, "num_samples": setup.num_samples, "every": setup.every,
+            "gated_active": selected.gated, "normalized_scores": selected.scores,
+            "methods": {m: {"seconds": s["median"], "seconds_spread": [s["min"], s["max"]],
+                            "overhead_fraction": s["median"] / (setup.every * by["gated"]["step_s"] + s["median"])}
+                        for m, s in selection.items()},
         },
         "compute_aware": {
-            "budget": selected["budget_record"], "cost_model": selected["cost_model"],
-            "calibration_s": selected["calibration_s"],
+            "budget": selected.budget_record, "cost_model": selected.cost.to_dict(),
+            "calibration_s": selected.calibration_s,
         },
-        "inference": {f"{name}_s": seconds for name, seconds in inference.items()},
+        "inference": {f"{name}_s": s["median"] for name, s in spreads([r["inference_s"] for r in rounds]).items()},
+        "rounds": rounds,
     }
-
-
-def _in_fresh_process(target: Any, *args: Any) -> Any:
-    """``target(*args)`` in a newly spawned interpreter; its errors come back as errors here."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(results, target, *args))
-    proc.start()
-    while True:
-        try:
-            status, payload = results.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if not proc.is_alive():
-                raise RuntimeError(f"benchmark process died with exit code {proc.exitcode}") from None
-    proc.join()
-    if status == "user":
-        raise UserError(payload)
-    if status == "error":
-        raise RuntimeError(f"benchmark process failed:\n{payload}")
-    return payload
-
-
-def _child(results: Any, target: Any, *args: Any) -> None:
-    try:
-        results.put(("ok", target(*args)))
-    except UserError as err:
-        results.put(("user", str(err)))
-    except BaseException:
-        results.put(("error", traceback.format_exc()))
+    if predicted is not None:
+        rates = spreads([{k: v for k, v in r["predict"].items() if not k.startswith("predict_")} for r in rounds])
+        throughput = {k: v for k, v in rates.items() if k.endswith("_megapixels_per_s")}
+        result["predict"] = {**predicted, "megapixels_per_s": throughput,
+                             "matmul_gflops_per_s": rates["matmul_gflops_per_s"]}
+    return result
 
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [
-        "| config | active slots | lowest active | trainable params | step (s) | × all-on | "
+        "| config | active slots | lowest active | trainable params | step (s) | × all-on (min–max) | "
         "saved activations (MB) | × all-on | peak RSS (MB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lowest = "–" if r["lowest_active_layer"] is None else r["lowest_active_layer"]
+        low, high = r["step_vs_all_on_spread"]
         lines.append(
             f"| {r['config']} | {r['active_slots']} | {lowest} | {r['trainable_params']:,} | {r['step_s']:.3f} | "
-            f"{r['step_vs_all_on']:.2f} | {r['saved_activation_mb']:.0f} | {r['activations_vs_all_on']:.2f} | "
-            f"{r['peak_rss_mb']:.0f} |"
+            f"{r['step_vs_all_on']:.3f} ({low:.3f}–{high:.3f}) | {r['saved_activation_mb']:.0f} | "
+            f"{r['activations_vs_all_on']:.2f} | {r['peak_rss_mb']:.0f} |"
         )
+    if "predict" in result:
+        lines += ["", "| predict runner | megapixels/s (min–max) | peak RSS (MB) |", "|---|---:|---:|"]
+        for name, record in result["predict"]["runners"].items():
+            s = result["predict"]["megapixels_per_s"][f"{name}_megapixels_per_s"]
+            lines.append(f"| {name} | {s['median']:.3f} ({s['min']:.3f}–{s['max']:.3f}) | "
+                         f"{record['peak_rss_mb']:.0f} |")
     lines.append("")
-    lines += [f"{name}: {value:.3f}" for name, value in result["ratios"].items()]
+    for name, value in result["ratios"].items():
+        s = result["ratio_spreads"].get(name)
+        lines.append(f"{name}: {value:.3f}" + (f" ({s['min']:.3f}–{s['max']:.3f})" if s else ""))
     return "\n".join(lines)
 
 
@@ -275,13 +313,17 @@ def benchmark_cli(args: argparse.Namespace) -> None:
         from .io import io_cli
 
         return io_cli(args)
-    if args.img_size < 14 or args.batch_size < 1 or args.steps < 1 or args.num_samples < 1:
-        raise UserError("benchmark needs --img-size >= 14, --batch-size >= 1, --steps >= 1, --num-samples >= 1")
+    if args.img_size < 14 or args.batch_size < 1 or args.steps < 1 or args.num_samples < 1 or args.rounds < 1:
+        raise UserError("benchmark needs --img-size >= 14, --batch-size >= 1, --steps >= 1, --num-samples >= 1, "
+                        "--rounds >= 1")
+    if args.predict_size and args.predict_size < args.img_size:
+        raise UserError(f"--predict-size {args.predict_size}: 0 (no predict section) or at least --img-size")
     Budget(step_fraction=args.step_fraction)  # a bad budget fails now, not after the selection phase
     setup = BenchSetup(
         weights=args.weights, backbone=args.backbone, img_size=args.img_size, batch_size=args.batch_size,
         steps=args.steps, warmup_steps=args.warmup_steps, select_after=args.select_after, every=args.every,
-        num_samples=args.num_samples, step_fraction=args.step_fraction, threads=torch.get_num_threads(),
+        num_samples=args.num_samples, step_fraction=args.step_fraction, rounds=args.rounds,
+        predict_size=args.predict_size, threads=torch.get_num_threads(),
     )
     if args.profile is not None:
         os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's child process: no GPU-probe errors
@@ -292,6 +334,8 @@ def benchmark_cli(args: argparse.Namespace) -> None:
         atomic_write_text(args.profile, header + result.pop("profile") + "\n")
         print(f"saved {args.profile}")
     print(format_table(result))
+    if result["spread_warning"]:
+        print(result["spread_warning"], file=sys.stderr)
     if args.out:
         atomic_write_json(args.out, result)
         print(f"saved {args.out}")

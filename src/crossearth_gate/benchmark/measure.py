@@ -63,19 +63,18 @@ def optimizer_of(model: Segmentor) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
 
 
-def median_step_s(model: Segmentor, images: Tensor, masks: Tensor, warmup: int, steps: int) -> float:
-    """Median wall time of ``steps`` training steps after ``warmup`` untimed ones (allocations, AdamW state)."""
-    optimizer = optimizer_of(model)
+def timed_steps(model: Segmentor, optimizer: torch.optim.Optimizer, images: Tensor, masks: Tensor,
+                steps: int) -> list[float]:
+    """Wall time of each of ``steps`` training steps (the caller warms up: allocations, AdamW state)."""
     model.train()
     times = []
-    for step in range(warmup + steps):
+    for _ in range(steps):
         sync(images.device)
         start = time.perf_counter()
         train_step(model, optimizer, images, masks)
         sync(images.device)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 @contextmanager

@@ -46,7 +46,7 @@ class FPNHead(nn.Module):
     def forward(self, features: list[Tensor]) -> Tensor:
         if len(features) != len(self.lateral):
             raise ValueError(f"head expects {len(self.lateral)} feature levels, got {len(features)}")
-        base = features[0].shape[-2:]
+        base = [int(side) for side in features[0].shape[-2:]]  # plain ints: an ONNX trace fixes them
         laterals = []
         for feat, lateral, scale in zip(features, self.lateral, self.scales, strict=True):
             size = (max(1, round(base[0] * scale)), max(1, round(base[1] * scale)))

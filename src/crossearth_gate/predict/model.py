@@ -1,30 +1,39 @@
-"""Model loading: the merged, eval-mode Predictor and the window geometry it runs with."""
+"""Model loading: the Predictor (a runner plus the window geometry it runs with), from a PyTorch model
+(merged, eval mode) or an ONNX export (onnxruntime); both run through the same sliding-window code."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from ..data.transforms import EvalTransform
+from ..export.runtime import is_onnx, load_onnx
 from ..model.artefacts import ModelSpec, load_trainable, model_file
 from ..model.inference import sliding_window_logits_at, window_starts
 from ..model.merge import merge_for_inference
-from ..model.segmentor import Segmentor
 from ..util.errors import UserError
 from .radiometry import NODATA
 
 Advance = Callable[[int], None]
 
 
+class Runner(Protocol):
+    """What both runners implement: a (B, 3, window, window) normalised batch → (B, classes, window, window)
+    logits. A PyTorch ``Segmentor`` is one; ``export.runtime.OnnxRunner`` is the other."""
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class Predictor:
-    """A merged, eval-mode model plus the window geometry it is run with."""
+    """A runner (merged eval-mode model, or onnxruntime session) plus the window geometry it is run with."""
 
-    model: Segmentor
+    model: Runner
     spec: ModelSpec
     window: int
     stride: int
@@ -52,17 +61,39 @@ class Predictor:
 
 def load_predictor(args: argparse.Namespace) -> Predictor:
     """Load (and unless --no-merge, merge) the model; check window and overlap against its patch size."""
+    if not 0 <= args.overlap < 1:
+        raise UserError(f"--overlap {args.overlap} must be in [0, 1)")
+    if is_onnx(args.model):
+        return _onnx_predictor(args)
     model, spec = load_trainable(model_file(args.model), args.weights)
-    if len(spec.classes) > NODATA:
-        raise UserError(f"{args.model}: {len(spec.classes)} classes do not fit uint8 outputs with 255 = nodata")
+    _check_classes(args, spec)
     patch = model.backbone.patch_size
     window = spec.img_size if args.window is None else args.window
     if window < patch or window % patch:
         raise UserError(f"--window {window} must be a positive multiple of the backbone patch size {patch}")
-    if not 0 <= args.overlap < 1:
-        raise UserError(f"--overlap {args.overlap} must be in [0, 1)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.no_merge:
         model = merge_for_inference(model)
-    stride = max(1, round(window * (1 - args.overlap)))
-    return Predictor(model.to(device).eval(), spec, window, stride, args.batch_size, device)
+    return Predictor(model.to(device).eval(), spec, window, _stride(window, args), args.batch_size, device)
+
+
+def _onnx_predictor(args: argparse.Namespace) -> Predictor:
+    """An exported graph: its window is fixed, its backbone and merge already inside."""
+    for option, given in (("--weights", args.weights is not None), ("--no-merge", args.no_merge)):
+        if given:
+            raise UserError(f"{option} does not apply to an ONNX model ({args.model}): its weights are inside it")
+    runner, spec, window = load_onnx(args.model)
+    _check_classes(args, spec)
+    if args.window is not None and args.window != window:
+        raise UserError(f"--window {args.window}: {args.model} was exported for a {window} px window; "
+                        "export it again with --window to change it")
+    return Predictor(runner, spec, window, _stride(window, args), args.batch_size, torch.device("cpu"))
+
+
+def _check_classes(args: argparse.Namespace, spec: ModelSpec) -> None:
+    if len(spec.classes) > NODATA:
+        raise UserError(f"{args.model}: {len(spec.classes)} classes do not fit uint8 outputs with 255 = nodata")
+
+
+def _stride(window: int, args: argparse.Namespace) -> int:
+    return max(1, round(window * (1 - args.overlap)))

@@ -6,8 +6,10 @@ pass through untouched.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -51,6 +53,31 @@ def frequency_split(grid: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
     return low.to(grid.dtype), (work - low).to(grid.dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def low_pass_matrix(size: int, cutoff: float) -> Tensor:
+    """The (size, size) float64 matrix of the 1-D low-pass along one axis: FFT, shift, window, unshift, IFFT.
+
+    The window is symmetric under k → −k, so this operator is a REAL circulant matrix (its imaginary part
+    is rounding, dropped); the 2-D low pass is separable: ``low = P_h · X · P_wᵀ``. Computed in numpy so
+    that a trace records the matrix as a constant, not the complex FFTs that made it. Cached: callers must
+    not modify it in place.
+    """
+    band = _centred_band(size, cutoff, None).numpy().astype(np.float64)[:, None]
+    spectrum = np.fft.fftshift(np.fft.fft(np.eye(size), axis=0, norm="ortho"), axes=0)
+    return torch.from_numpy(np.fft.ifft(np.fft.ifftshift(spectrum * band, axes=0), axis=0, norm="ortho").real.copy())
+
+
+def matrix_frequency_split(grid: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
+    """``frequency_split`` as two real matrix products: exportable to any ONNX runtime (no complex DFT op),
+    equal to the FFT route up to float32 rounding. The matrices become constants of a traced graph."""
+    height, width = grid.shape[-2:]
+    work = grid if grid.dtype in (torch.float32, torch.float64) else grid.float()
+    rows = low_pass_matrix(int(height), cutoff).to(work.dtype)
+    cols = low_pass_matrix(int(width), cutoff).to(work.dtype)
+    low = rows @ work @ cols.T
+    return low.to(grid.dtype), (work - low).to(grid.dtype)
+
+
 class FrequencyAdapter(nn.Module):
     """EA(T) = scale · Σ_e router_e(T) · expert_e(view_e(T)) for views raw / low / high frequency."""
 
@@ -60,6 +87,7 @@ class FrequencyAdapter(nn.Module):
         self.experts = nn.ModuleList(Bottleneck(dim, hidden) for _ in range(3))
         self.router = nn.Linear(dim, 3)
         self.scale = nn.Parameter(torch.tensor(float(scale_init)))
+        self.split = frequency_split  # merge_for_inference swaps in matrix_frequency_split (same result, faster)
 
     def forward(self, tokens: Tensor, grid: tuple[int, int], num_prefix: int) -> Tensor:
         """Return the residual to add to ``tokens`` (B, N, C); zero on the prefix tokens."""
@@ -69,7 +97,7 @@ class FrequencyAdapter(nn.Module):
         if patches.shape[1] != h * w:
             raise ValueError(f"{patches.shape[1]} patch tokens do not form a {h}x{w} grid")
         as_grid = patches.transpose(1, 2).reshape(b, c, h, w)
-        low, high = frequency_split(as_grid, self.cutoff)
+        low, high = self.split(as_grid, self.cutoff)
         views = [patches] + [v.reshape(b, c, h * w).transpose(1, 2) for v in (low, high)]
         weights = self.router(patches).softmax(dim=-1)
         mixed = sum(weights[..., e : e + 1] * expert(view) for e, (expert, view) in

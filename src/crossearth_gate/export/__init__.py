@@ -1,0 +1,1 @@
+"""Deployable exports: the merged model as one ONNX graph, and the onnxruntime runner ``predict`` uses."""
