@@ -53,7 +53,8 @@ def test_fit_writes_every_artefact(tiny_run: Path) -> None:
     assert 0 < params["trainable"] < params["total"]
     assert len(params["per_slot"]) == 3 * 4
     assert metrics["backbone"] == {"name": "vit_small_patch14_dinov2", "weights": {
-        "requested": "none", "source": "random", "file": None, "sha256": None, "description": "random initialisation"}}
+        "requested": "none", "source": "random", "file": None, "sha256": None, "description": "random initialisation",
+        "layout": None}}
     from test_ddp_training import labelled_pixels
 
     assert metrics["domains"]["tile_5"]["pixels"] == labelled_pixels(5)

@@ -141,7 +141,7 @@ def _forever(data: Any) -> Any:
 def selection_round(setup: BenchSetup, selected: Selected) -> dict[str, float]:
     """One timing of the same Fisher selection with each method (the loop is the default)."""
     from ..gating import FisherSelector
-    from ..training.losses import per_sample_cross_entropy
+    from ..heads.losses import per_sample_cross_entropy
     from .measure import timed
 
     model, toolbox = selected.model, selected.model.toolbox
