@@ -52,6 +52,8 @@ class ModelSpec:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     backbone_sha256: str | None = None  # of the weights file trained on (None: random init or unknown)
     head_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. Mask2Former's num_queries
+    # how pixels were read and normalised (bands, nodata, per-channel statistics); None: 8-bit RGB, ImageNet's
+    radiometry: dict[str, Any] | None = None
 
     def build(self, weights: str | None = None) -> Segmentor:
         """A fresh segmentor with this spec (backbone weights from ``weights`` or the recorded source).
@@ -91,7 +93,8 @@ def build_seeded_backbone(
 
 
 def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: int, img_size: int,
-            head: str, head_channels: int, backbone_kwargs: dict[str, Any] | None = None) -> ModelSpec:
+            head: str, head_channels: int, backbone_kwargs: dict[str, Any] | None = None,
+            radiometry: dict[str, Any] | None = None) -> ModelSpec:
     info = model.backbone.info
     tb = asdict(model.toolbox.config)
     tb["types"] = list(tb["types"])
@@ -103,6 +106,7 @@ def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: 
         backbone_kwargs=dict(backbone_kwargs or {}),
         backbone_sha256=info.weights_sha256,
         head_kwargs=dict(model.head_kwargs),
+        radiometry=radiometry,
     )
 
 
