@@ -83,6 +83,7 @@ class TrainConfig:
     precision: str = "32-true"
     progress: bool = True
     adaptation: str = "none"  # none (domain generalisation) | dacs (self-training on data.unlabelled_target)
+    class_weights: list[float] | None = None  # per-class cross-entropy weights (None: all 1)
 
 
 @dataclass

@@ -150,11 +150,15 @@ class SegDataModule(L.LightningDataModule):
                 raise UserError(f"images of one dataset differ: {first} has {count} band(s) of {dtype}, {image} has "
                                 f"{grid.count} of {scene.dtype}")
             scenes.append(scene)
-            self._regions.append((role, scene))
+            if spec.region is not None:
+                self._regions.append((role, scene))
         self._scenes[id(pairs)] = scenes
 
     def _check_regions(self) -> None:
-        """Regions of one scene used by two roles must not overlap: no test pixel is ever trained on."""
+        """Regions of one scene used by two roles must not overlap: no test pixel is ever trained on.
+
+        Only domains that give a region are compared: whole images shared by roles are the user's call, as
+        they have always been for JPEG/PNG folders."""
         for i, (role_a, a) in enumerate(self._regions):
             for role_b, b in self._regions[i + 1:]:
                 if role_a != role_b and a.image == b.image and a.region.overlaps(b.region):

@@ -76,7 +76,8 @@ def _check_labels(raw: np.ndarray, path: Path | str, info: DatasetInfo) -> np.nd
     if not hit.all():
         bad = ", ".join(str(v) for v in np.unique(raw[~hit])[:10])
         ignored = "".join(f", {v} = ignore" for v in info.ignored if v != IGNORE_INDEX)
-        allowed = f"{_ranges(list(info.value_to_label))}, 255{ignored}"
+        always = "" if IGNORE_INDEX in info.value_to_label else ", 255"
+        allowed = f"{_ranges(list(info.value_to_label))}{always}{ignored}"
         raise UserError(f"{path}: label values {bad} out of range for {info.name!r} (allowed {allowed})")
     return labels[idx]
 

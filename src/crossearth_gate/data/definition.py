@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
 from crossearth_gate.util.errors import UserError
 
 IGNORE_INDEX = 255
@@ -41,7 +42,7 @@ class LabelDef:
     ignored. ``polygons``: a vector layer instead of label rasters.
     """
 
-    pattern: str = "{dir}/{stem}{suffix}"
+    pattern: str = "labels/{stem}{suffix}"
     values: dict[int, str] | None = None
     colours: dict[str, str] | None = None
     ignore: list[str] = field(default_factory=list)
@@ -55,7 +56,7 @@ class DatasetDef:
     classes: list[str] = field(default_factory=list)
     name: str = "custom"
     palette: list[list[int]] | None = None
-    images: str = "*.tif"  # glob relative to the domain root ({split} filled in)
+    images: str = "images/*.tif"  # glob relative to the domain root ({split} filled in)
     image_list: str | None = None  # text file, one image per line ("image" or "image label"), relative to it
     labels: LabelDef = field(default_factory=LabelDef)
     layout: str = "files"  # files (images + labels.pattern) or a benchmark release tree: mmseg, dubai, ...
@@ -86,9 +87,9 @@ class DatasetInfo:
     img_suffix: str = ".tif"
     seg_suffix: str = ".tif"
     fit_size: int | None = None
-    images: str = "*.tif"
+    images: str = "images/*.tif"
     image_list: str | None = None
-    label_pattern: str = "{dir}/{stem}{suffix}"
+    label_pattern: str = "labels/{stem}{suffix}"
     polygons: PolygonLabels | None = field(default=None, hash=False)
     bands: tuple[int, ...] | None = None
     rgb_bands: tuple[int, ...] | None = None

@@ -42,8 +42,10 @@ def is_raster(path: str | Path) -> bool:
 @contextmanager
 def open_raster(path: str | Path) -> Iterator[rasterio.DatasetReader]:
     """rasterio.open with GDAL's errors as one line naming the file."""
+    # A remote file is opened without listing its "folder" (one request instead of many).
+    options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if is_remote(path) else {}
     try:
-        with rasterio.open(gdal_path(path)) as src:
+        with rasterio.Env(**options), rasterio.open(gdal_path(path)) as src:
             yield src
     except rasterio.errors.RasterioIOError as err:
         if not is_remote(path) and not Path(path).exists():

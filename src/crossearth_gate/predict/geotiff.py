@@ -16,12 +16,12 @@ import rasterio.windows
 from PIL import Image
 from rich.progress import Progress
 
+from ..data.raster import read_bands
 from ..model.inference import Tile, Window, iter_tiles
 from ..runs.plots import overlay
 from ..util.atomic import atomic_write
 from ..util.errors import UserError, WriteError
 from .images import write_png
-from ..data.raster import read_bands
 from .inputs import Job, check_plain_bands, resolve_bands
 from .model import Advance, Predictor
 from .radiometry import NODATA, STATS_SIDE, Stretch, _overview_shape, _read, nodata_pixels, scene_stretch, to_rgb

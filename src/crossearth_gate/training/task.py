@@ -14,11 +14,16 @@ from ..config.schema import RunConfig
 from ..model.artefacts import build_seeded_backbone
 from ..model.inference import sliding_window_logits
 from ..model.segmentor import Segmentor
+from ..util.errors import UserError
 from .losses import segmentation_loss
 from .metrics import SegMetrics
 from .schedule import warmup_poly
 
 SOURCE_VAL = "source_val"
+
+
+def has_own_loss_head(head: str) -> bool:
+    return head == "mask2former"
 
 
 def build_segmentor(cfg: RunConfig, num_classes: int) -> Segmentor:
@@ -39,6 +44,12 @@ class SegmentationTask(L.LightningModule):
         self.classes = list(classes)
         self.palette = [tuple(c) for c in palette]
         self.target_names = list(target_names)
+        weights = cfg.train.class_weights
+        if weights is not None and (len(weights) != len(classes) or min(weights) < 0 or max(weights) <= 0):
+            raise UserError(f"config train.class_weights: one weight >= 0 per class ({len(classes)}: "
+                            f"{', '.join(classes)}), not all 0, got {weights}")
+        if weights is not None and has_own_loss_head(cfg.model.head):
+            raise UserError(f"config train.class_weights: the {cfg.model.head} head has its own loss; remove them")
         self.model = build_segmentor(cfg, len(classes))
         if not self.cfg.toolbox.types:
             self.model.toolbox.set_active([])
@@ -73,7 +84,9 @@ class SegmentationTask(L.LightningModule):
 
     def loss(self, images: Tensor, masks: Tensor) -> Tensor:
         """The training loss: the head's own (Mask2Former's matched losses) or pixel cross-entropy."""
-        return segmentation_loss(self.model, self.model.head_outputs(images), masks)
+        weights = self.cfg.train.class_weights
+        weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=images.device)
+        return segmentation_loss(self.model, self.model.head_outputs(images), masks, weight)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Inactive slots must not move: drop any gradient (e.g. zeros filled in by DDP) before the step."""
