@@ -78,6 +78,7 @@ def open_scene(image: Path, label: Path | None, info: DatasetInfo, pixels: list[
         raise UserError(f"{image}: bands {bands} have different dtypes ({', '.join(sorted(dtypes))})")
     if label is not None:
         check_label_grid(image, grid, label, grid_of(label))
+        check_label_values(label, region, info)
     scene = RasterScene(str(image), None if label is None else str(label), bands, info.nodata, region, info,
                         dtypes.pop())
     with open_raster(image) as src:
@@ -87,3 +88,26 @@ def open_scene(image: Path, label: Path | None, info: DatasetInfo, pixels: list[
         raise UserError(f"{image}: every pixel of bands {bands} is nodata" +
                         ("" if region.height == grid.height and region.width == grid.width else " in its region"))
     return scene, grid
+
+
+def check_label_values(label: Path, region: Region, info: DatasetInfo) -> None:
+    """Every stored value of the label's region decodes (a class or ignored), block by block, before training:
+    a value with no class must stop the run at set-up, not halfway through it."""
+    with open_raster(label) as src:
+        seen: set[int] = set()
+        for _, block in src.block_windows(1):
+            window = block.intersection(region.window()) if _touches(block, region) else None
+            if window is None:
+                continue
+            raw = src.read(window=window)
+            if src.count == 1:
+                seen.update(int(v) for v in np.unique(raw))
+            else:  # colours: decode the distinct ones of this block
+                decode_label(np.unique(raw.transpose(1, 2, 0).reshape(-1, src.count), axis=0)[:, None], label, info)
+    if seen:
+        decode_label(np.array(sorted(seen))[None], label, info)
+
+
+def _touches(block: rasterio.windows.Window, region: Region) -> bool:
+    return (block.row_off < region.row0 + region.height and region.row0 < block.row_off + block.height
+            and block.col_off < region.col0 + region.width and region.col0 < block.col_off + block.width)

@@ -24,16 +24,17 @@ def per_sample_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return pixel.flatten(1).sum(1) / valid.clamp(min=1)
 
 
-def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Batch loss: mean over all valid pixels of the batch (mmseg's default)."""
-    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+def cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Batch loss: mean over all valid pixels of the batch (mmseg's default); ``weight`` per class, for a
+    minority class (buildings in a scene of background) that would otherwise barely move the loss."""
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
 
 
-def segmentation_loss(model: Segmentor, outputs: Any, target: Tensor) -> Tensor:
+def segmentation_loss(model: Segmentor, outputs: Any, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """The batch loss of raw head outputs: the head's own (Mask2Former) or pixel cross-entropy on the logits."""
     if has_own_loss(model.head):
         return model.head.loss(outputs, target)
-    return cross_entropy(model.scores(outputs, target.shape[-2:]), target)
+    return cross_entropy(model.scores(outputs, target.shape[-2:]), target, weight)
 
 
 def fisher_loss(model: Segmentor) -> tuple[nn.Module, Callable[[Any, Tensor], Tensor]]:
