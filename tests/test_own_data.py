@@ -324,3 +324,41 @@ def test_window_reads_over_vsicurl_fetch_a_small_part(tmp_path: Path, server: tu
     module.setup("fit")
     torch.manual_seed(0)
     assert torch.equal(module._train[0]["image"], remote["image"]) and remote["image"].std() > 0.5
+
+
+# ----------------------------------------------------------------------------- fit, evaluation, predict agree
+
+
+def test_predict_normalises_as_training_did(tmp_path: Path) -> None:
+    """A uint16 scene with nodata: predict (with the model's stored bands and statistics) reproduces the
+    test evaluation of the run pixel for pixel, so its confusion matrix gives the run's own metrics."""
+    from own_data import scene_pair as pair
+
+    image, label = pair(tmp_path / "data", "scene", 4, size=70)
+    with rasterio.open(image, "r+") as dst:
+        data = dst.read()
+        data[:, :9, :12] = 0
+        dst.write(data)
+    definition = {"name": "b", "classes": ["background", "building"], "images": "images/*.tif",
+                  "labels": {"pattern": "labels/{stem}.tif", "values": {0: "background", 255: "building"}}}
+    domain = {"dataset": definition, "root": str(tmp_path / "data")}
+    from own_data import write_config as config
+
+    cfg = config(tmp_path / "c.yaml", domain, {"whole": domain}, val_fraction=0.0)
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(cfg), "--out", str(run), *TINY_RASTER]) == 0
+    spec_radiometry = yaml.safe_load((run / "data.yaml").read_text())["radiometry"]
+    assert spec_radiometry["mode"] == "statistics" and spec_radiometry["bands"] == [1, 1, 1]
+    assert main(["predict", str(image), "-m", str(run), "-o", str(tmp_path / "out"), "--window", "28",
+                 "--overlap", "0", "--no-merge"]) == 0
+    with rasterio.open(tmp_path / "out" / "scene_pred.tif") as src:
+        pred = src.read(1)
+        assert src.crs is not None
+    with rasterio.open(label) as src:
+        truth = np.where(src.read(1) == 255, 1, 0)
+    assert (pred[:9, :12] == 255).all() and (pred[9:, :] != 255).all()
+    valid = pred != 255
+    metrics = SegMetrics(2, ["background", "building"])
+    metrics.update(torch.from_numpy(pred[valid].astype(np.int64)), torch.from_numpy(truth[valid]))
+    expected = json.loads((run / "metrics.json").read_text())["domains"]["whole"]["mIoU"]
+    assert round(float(metrics.compute()["mIoU"]), 2) == expected
