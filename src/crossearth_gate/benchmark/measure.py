@@ -41,10 +41,9 @@ def bench_config(backbone: str, weights: str, img_size: int, batch_size: int, co
 
 
 def build_model(cfg: RunConfig) -> Segmentor:
-    from ..data import get_dataset_info
     from ..training.task import build_segmentor
 
-    return build_segmentor(cfg, len(get_dataset_info(cfg.data.source.dataset).classes))
+    return build_segmentor(cfg, len(cfg.data.source.info.classes))
 
 
 def sync(device: torch.device) -> None:

@@ -84,6 +84,7 @@ class TrainConfig:
     precision: str = "32-true"
     progress: bool = True
     adaptation: str = "none"  # none (domain generalisation) | dacs (self-training on data.unlabelled_target)
+    class_weights: list[float] | None = None  # per-class cross-entropy weights (None: all 1)
 
 
 @dataclass
@@ -199,6 +200,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
+        if isinstance(value, dict):  # a mapping is meant for the dataclass member (e.g. a dataset definition)
+            args.sort(key=lambda a: not dataclasses.is_dataclass(a))
         errors = []
         for arg in args:
             try:
@@ -211,8 +214,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"config {where}: expected a mapping, got {value!r}")
-        vt = typing.get_args(tp)[1]
-        return {str(k): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+        kt, vt = typing.get_args(tp)
+        return {(_convert(kt, k, f"{where}.{k}") if kt is int else str(k)): _convert(vt, v, f"{where}.{k}")
+                for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise UserError(f"config {where}: expected a list, got {value!r}")

@@ -61,6 +61,9 @@ def check_values(cfg: RunConfig) -> None:
     _at_least(d.batch_size, 1, "data.batch_size")
     _at_least(d.num_workers, 0, "data.num_workers")
     _require(0 <= d.val_fraction < 1, "data.val_fraction", "must be in [0, 1)", d.val_fraction)
+    domains = [d.source, d.val, d.unlabelled_target, *d.targets.values()]
+    for spec in (s for s in domains if s is not None):
+        spec.info  # noqa: B018  (resolving a dataset definition checks its classes, labels and bands)
 
     m = cfg.model
     _at_least(m.head_channels, 1, "model.head_channels")

@@ -11,6 +11,8 @@ from crossearth_gate.data.catalog import (
 )
 from crossearth_gate.data.datamodule import SegDataModule
 from crossearth_gate.data.datasets import SegmentationDataset, read_image, read_mask
+from crossearth_gate.data.definition import DatasetDef, LabelDef
+from crossearth_gate.data.radiometry import Radiometry
 from crossearth_gate.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 
 __all__ = [
@@ -18,9 +20,12 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "DatasetDef",
     "DatasetInfo",
     "DomainSpec",
     "EvalTransform",
+    "LabelDef",
+    "Radiometry",
     "SegDataModule",
     "SegmentationDataset",
     "TrainTransform",

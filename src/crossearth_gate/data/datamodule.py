@@ -10,7 +10,10 @@ from torch.utils.data import DataLoader
 
 from crossearth_gate.data.catalog import RGB, DomainSpec, Pair, list_pairs
 from crossearth_gate.data.datasets import SegmentationDataset, Transform
+from crossearth_gate.data.radiometry import Radiometry, band_statistics, imagenet
+from crossearth_gate.data.raster import is_raster
 from crossearth_gate.data.resumable import ResumableDistributedSampler, ResumableLoader, ResumableRandomSampler
+from crossearth_gate.data.scenes import RasterScene, open_scene
 from crossearth_gate.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, Stats, TrainTransform
 from crossearth_gate.util.errors import UserError
 
@@ -69,8 +72,10 @@ class SegDataModule(L.LightningDataModule):
         self.source, self.targets, self.val = source, dict(targets), val
         self.val_fraction, self.unlabelled_target = val_fraction, unlabelled_target
         self.batch_size, self.num_workers, self.seed, self.cache = batch_size, num_workers, seed, cache
+        self.crop_size, self.scale_range, self.mean, self.std = crop_size, scale_range, mean, std
         self.train_transform = TrainTransform(crop_size, scale_range, mean=mean, std=std)
         self.eval_transform = EvalTransform(mean, std)
+        self.radiometry: Radiometry = imagenet(mean, std)
         self._check_classes()
         self._train: SegmentationDataset | None = None
         self._val: SegmentationDataset | None = None
@@ -84,8 +89,8 @@ class SegDataModule(L.LightningDataModule):
         for role, spec in domains.items():
             if spec is not None and spec.info.classes != self.classes:
                 raise UserError(
-                    f"{role} ({spec.dataset}: {', '.join(spec.info.classes)}) has other classes than the "
-                    f"source ({self.source.dataset}: {', '.join(self.classes)})"
+                    f"{role} ({spec.name}: {', '.join(spec.info.classes)}) has other classes than the "
+                    f"source ({self.source.name}: {', '.join(self.classes)})"
                 )
 
     @property
@@ -104,17 +109,83 @@ class SegDataModule(L.LightningDataModule):
     def target_names(self) -> list[str]:
         return list(self.targets)
 
+    @property
+    def channels(self) -> int:
+        """Channels the model sees (bands picked per pixel); R, G, B are ``rgb_bands`` among them."""
+        return self.radiometry.channels
+
+    @property
+    def rgb_bands(self) -> tuple[int, ...]:
+        return self.radiometry.rgb_bands
+
     def _dataset(
         self, pairs: list[Pair], spec: DomainSpec, transform: Transform, labelled: bool = True
     ) -> SegmentationDataset:
-        dataset = SegmentationDataset(pairs, spec.info, transform, labelled, self.cache)
+        scenes = self._scenes.get(id(pairs))
+        dataset = SegmentationDataset(pairs, spec.info, transform, labelled, self.cache and scenes is None, scenes)
         if self.cache:
             dataset.preload()
         return dataset
 
+    def _open_scenes(self, pairs: list[Pair], spec: DomainSpec, role: str) -> None:
+        """Rasters: open and check every image of a domain now (bands, grid, nodata); JPEG/PNG stay as they were."""
+        rasters = [is_raster(image) for image, _ in pairs]
+        if not any(rasters):
+            if spec.region is not None:
+                raise UserError(f"{role}: `region` needs raster images (GeoTIFF ...), {pairs[0][0]} is not one")
+            return
+        if not all(rasters):
+            plain = pairs[rasters.index(False)][0]
+            raise UserError(f"{role} mixes raster images and JPEG/PNG ({plain}); convert one kind to the other")
+        region = spec.region
+        pixels, bounds = (region.pixels, region.bounds) if region is not None else (None, None)
+        scenes: list[RasterScene] = []
+        for image, label in pairs:
+            scene, grid = open_scene(image, label, spec.info, pixels, bounds)
+            kind = (grid.count, scene.dtype)
+            if self._kind is None:
+                self._kind = (kind, str(image))
+            elif self._kind[0] != kind:
+                (count, dtype), first = self._kind
+                raise UserError(f"images of one dataset differ: {first} has {count} band(s) of {dtype}, {image} has "
+                                f"{grid.count} of {scene.dtype}")
+            scenes.append(scene)
+            if spec.region is not None:
+                self._regions.append((role, scene))
+        self._scenes[id(pairs)] = scenes
+
+    def _check_regions(self) -> None:
+        """Regions of one scene used by two roles must not overlap: no test pixel is ever trained on.
+
+        Only domains that give a region are compared: whole images shared by roles are the user's call, as
+        they have always been for JPEG/PNG folders."""
+        for i, (role_a, a) in enumerate(self._regions):
+            for role_b, b in self._regions[i + 1:]:
+                if role_a != role_b and a.image == b.image and a.region.overlaps(b.region):
+                    raise UserError(f"{role_a} and {role_b} overlap on {a.image}: give them disjoint regions")
+
+    def _radiometry(self, train: list[Pair]) -> Radiometry:
+        """ImageNet's for 8-bit data (today's numbers); else statistics of the training regions, computed once."""
+        scenes = self._scenes.get(id(train))
+        if scenes is None:
+            return imagenet(self.mean, self.std)
+        info, first = self.source.info, scenes[0]
+        rgb = info.rgb_bands or (1, 2, 3)
+        mode = info.normalise
+        if mode == "auto":
+            mode = "imagenet" if first.dtype == "uint8" else "statistics"
+        if mode == "imagenet":
+            return Radiometry("imagenet", tuple(self.mean), tuple(self.std), 255.0, tuple(first.bands), info.nodata,
+                              tuple(rgb))
+        mean, std = band_statistics([(s.image, s.region) for s in scenes], first.bands, info.nodata)
+        return Radiometry("statistics", mean, std, 1.0, tuple(first.bands), info.nodata, tuple(rgb))
+
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
             return
+        self._scenes: dict[int, list[RasterScene]] = {}
+        self._regions: list[tuple[str, RasterScene]] = []
+        self._kind: tuple[tuple[int, str], str] | None = None
         source_pairs = list_pairs(self.source)
         if self.val is None:
             train_pairs, val_pairs = _split_source(source_pairs, self.val_fraction, self.seed)
@@ -122,14 +193,31 @@ class SegDataModule(L.LightningDataModule):
         else:
             train_pairs, val_pairs, val_spec = source_pairs, list_pairs(self.val), self.val
             shared = {p[0].resolve() for p in train_pairs} & {p[0].resolve() for p in val_pairs}
-            if shared:
+            if shared and (self.val.region is None or self.source.region is None):
                 raise UserError(f"val shares {len(shared)} image(s) with the source, e.g. {min(shared)}")
+        test_pairs = [list_pairs(s) for s in self.targets.values()]
+        unlabelled = None if self.unlabelled_target is None else list_pairs(self.unlabelled_target, labelled=False)
+        self._open_scenes(train_pairs, self.source, "source")
+        if val_pairs:
+            self._open_scenes(val_pairs, val_spec, "val")
+        for (name, spec), pairs in zip(self.targets.items(), test_pairs, strict=True):
+            self._open_scenes(pairs, spec, f"target {name!r}")
+        if unlabelled is not None and self.unlabelled_target is not None:
+            self._open_scenes(unlabelled, self.unlabelled_target, "unlabelled_target")
+        self._check_regions()
+        self.radiometry = self._radiometry(train_pairs)
+        for scenes in self._scenes.values():
+            for scene in scenes:
+                scene.fill = self.radiometry.fill()
+        self.train_transform = TrainTransform(self.crop_size, self.scale_range, radiometry=self.radiometry,
+                                              min_valid=self.source.info.min_valid if self._scenes else 0.0)
+        self.eval_transform = EvalTransform(radiometry=self.radiometry)
         self._val = self._dataset(val_pairs, val_spec, self.eval_transform) if val_pairs else None
-        self._tests = [self._dataset(list_pairs(s), s, self.eval_transform) for s in self.targets.values()]
-        if self.unlabelled_target is not None:
+        self._tests = [self._dataset(pairs, s, self.eval_transform)
+                       for s, pairs in zip(self.targets.values(), test_pairs, strict=True)]
+        if self.unlabelled_target is not None and unlabelled is not None:
             spec = self.unlabelled_target
-            images = list_pairs(spec, labelled=False)
-            self._unlabelled = self._dataset(images, spec, self.train_transform, labelled=False)
+            self._unlabelled = self._dataset(unlabelled, spec, self.train_transform, labelled=False)
         self._train = self._dataset(train_pairs, self.source, self.train_transform)
 
     def _loader(

@@ -11,6 +11,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from crossearth_gate.data.catalog import DatasetInfo, DomainSpec, Pair, list_pairs
+from crossearth_gate.data.transforms import Reader
 from crossearth_gate.util.errors import UserError
 from crossearth_gate.util.labels import IGNORE_INDEX
 
@@ -54,17 +55,43 @@ def read_mask(path: str | Path, info: DatasetInfo) -> np.ndarray:
     return _check_labels(np.array(im).astype(np.int64), path, info)
 
 
-def _check_labels(raw: np.ndarray, path: Path, info: DatasetInfo) -> np.ndarray:
-    label = raw
-    if info.reduce_zero_label:  # mmseg convention: 0 is ignore, class k is stored as k + 1
-        label = np.where((raw == 0) | (raw == IGNORE_INDEX), IGNORE_INDEX, raw - 1)
-    valid = ((label >= 0) & (label < info.num_classes)) | (label == IGNORE_INDEX)
-    if not valid.all():
-        bad = ", ".join(str(v) for v in np.unique(raw[~valid])[:10])
-        low = 1 if info.reduce_zero_label else 0
-        allowed = f"{low}..{info.num_classes - 1 + low}, 255" + (", 0 = ignore" if low else "")
+def _ranges(values: list[int]) -> str:
+    """[1, 2, 3, 5] → "1..3, 5"."""
+    runs: list[list[int]] = []
+    for value in sorted(values):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
+
+
+def _check_labels(raw: np.ndarray, path: Path | str, info: DatasetInfo) -> np.ndarray:
+    """Stored values → class indices through the definition's value map; 255 and `ignore` → IGNORE_INDEX."""
+    table = {**{v: IGNORE_INDEX for v in info.ignored}, IGNORE_INDEX: IGNORE_INDEX, **info.value_to_label}
+    keys = np.array(sorted(table), dtype=np.int64)
+    labels = np.array([table[k] for k in sorted(table)], dtype=np.uint8)
+    flat = raw.astype(np.int64)
+    idx = np.searchsorted(keys, flat).clip(max=len(keys) - 1)
+    hit = keys[idx] == flat
+    if not hit.all():
+        bad = ", ".join(str(v) for v in np.unique(raw[~hit])[:10])
+        ignored = "".join(f", {v} = ignore" for v in info.ignored if v != IGNORE_INDEX)
+        always = "" if IGNORE_INDEX in info.value_to_label else ", 255"
+        allowed = f"{_ranges(list(info.value_to_label))}{always}{ignored}"
         raise UserError(f"{path}: label values {bad} out of range for {info.name!r} (allowed {allowed})")
-    return label.astype(np.uint8)
+    return labels[idx]
+
+
+def decode_label(raw: np.ndarray, path: Path | str, info: DatasetInfo) -> np.ndarray:
+    """A raw label array (HxW values or HxWx3 colours) → HxW uint8 class indices, 255 = ignore."""
+    if info.label_format == "colour":
+        if raw.ndim != 3 or raw.shape[-1] != 3:
+            raise UserError(f"{path}: colour labels need 3 bands")
+        return _colour_to_label(raw.astype(np.uint8), Path(str(path)), info)
+    if raw.ndim != 2:
+        raise UserError(f"{path}: expected a 1-band label mask, found {raw.shape[-1]} bands")
+    return _check_labels(raw, path, info)
 
 
 def fit_within(image: np.ndarray, mask: np.ndarray | None, size: int) -> Arrays:
@@ -105,8 +132,11 @@ class SegmentationDataset(Dataset):
         transform: Transform,
         labelled: bool = True,
         cache: bool = False,
+        scenes: Sequence[Reader] | None = None,
     ) -> None:
         self.pairs = list(pairs)
+        # Rasters: one window reader per pair (paths and numbers only, so still picklable), never cached.
+        self.scenes = None if scenes is None else list(scenes)
         self.info = info
         self.transform = transform
         self.labelled = labelled
@@ -146,12 +176,17 @@ class SegmentationDataset(Dataset):
 
     def preload(self) -> None:
         """Read (and so validate) every sample now, before workers fork, so bad files fail at setup."""
+        if self.scenes is not None:
+            return  # checked when their scenes were opened; read window by window
         for index in range(len(self)):
             self.arrays(index)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        image, mask = self.arrays(index)
-        image_t, mask_t = self.transform(image, mask)
+        if self.scenes is not None:
+            image_t, mask_t = self.transform.from_reader(self.scenes[index])  # type: ignore[attr-defined]
+        else:
+            image, mask = self.arrays(index)
+            image_t, mask_t = self.transform(image, mask)
         sample: dict[str, torch.Tensor | str] = {"image": image_t, "path": str(self.pairs[index][0])}
         if mask_t is not None:
             sample["mask"] = mask_t

@@ -6,41 +6,78 @@ so they pickle into workers.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crossearth_gate.data.radiometry import IMAGENET_MEAN, IMAGENET_STD, Radiometry, imagenet
 from crossearth_gate.util.errors import UserError
 from crossearth_gate.util.labels import IGNORE_INDEX
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-Stats = tuple[float, float, float]
+Stats = tuple[float, ...]
 Tensors = tuple[torch.Tensor, torch.Tensor | None]
+MAX_DRAWS = 10  # a crop below the valid share is drawn again at most this often (then kept)
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ArrayReader", "EvalTransform", "Reader", "TrainTransform"]
 
 
-def _stats(mean: Stats, std: Stats) -> tuple[Stats, Stats]:
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise UserError(f"mean and std need 3 values each with std > 0, got mean={mean} std={std}")
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)  # type: ignore[return-value]
+class Reader(Protocol):
+    """A scene that crops are read from: its size, and a raw window with its labels."""
+
+    shape: tuple[int, int]
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[torch.Tensor, np.ndarray | None, float]:
+        """(C, h, w) float raw values (nodata filled), uint8 labels (nodata = ignore) and the valid share."""
+        ...
 
 
-def _normalise(image: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
-    """Float 3xHxW in 0..255 -> normalised, with mean/std in 0..1 units as timm's pretrained_cfg gives."""
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (image / 255.0 - m) / s
+def as_tensor(window: np.ndarray, full_width: bool) -> torch.Tensor:
+    """HxWxC window → (C, h, w) float in the memory layout a slice of the whole HxWxC array gets.
+
+    Rows of full width are one dense block (channels-last strides survive ``float()``); narrower
+    windows are not, and come out contiguous. Resampling may round differently per layout, so rasters
+    read window by window take the layout the in-memory path takes, and give the same bits.
+    """
+    image = torch.from_numpy(window).permute(2, 0, 1)
+    return image.float() if full_width else image.contiguous().float()
+
+
+class ArrayReader:
+    """A decoded HxWxC image (and mask) in memory: the path JPEG/PNG datasets have always taken."""
+
+    def __init__(self, image: np.ndarray, mask: np.ndarray | None) -> None:
+        self.image, self.mask = image, mask
+        self.shape = (int(image.shape[0]), int(image.shape[1]))
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[torch.Tensor, np.ndarray | None, float]:
+        image = torch.from_numpy(self.image[y0:y1, x0:x1]).permute(2, 0, 1).float()
+        return image, None if self.mask is None else self.mask[y0:y1, x0:x1], 1.0
+
+
+def _radiometry(radiometry: Radiometry | None, mean: Stats, std: Stats) -> Radiometry:
+    return radiometry if radiometry is not None else imagenet(mean, std)
 
 
 class EvalTransform:
     """Whole image at its own size, normalised only: evaluation must see every pixel once."""
 
-    def __init__(self, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> None:
-        self.mean, self.std = _stats(mean, std)
+    def __init__(self, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD,
+                 radiometry: Radiometry | None = None) -> None:
+        self.radiometry = _radiometry(radiometry, mean, std)
+        self.mean, self.std = self.radiometry.mean, self.radiometry.std
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None) -> Tensors:
-        image_t = _normalise(torch.from_numpy(image).permute(2, 0, 1).float(), self.mean, self.std)
-        return image_t, None if mask is None else torch.from_numpy(mask).long()
+        return self.scene(ArrayReader(image, mask))
+
+    def from_reader(self, reader: Reader) -> Tensors:
+        return self.scene(reader)
+
+    def scene(self, reader: Reader) -> Tensors:
+        height, width = reader.shape
+        image_t, mask, _ = reader.read(0, height, 0, width)
+        return self.radiometry.normalise(image_t), None if mask is None else torch.from_numpy(mask).long()
 
 
 class TrainTransform:
@@ -59,6 +96,8 @@ class TrainTransform:
         rot90: bool = True,
         mean: Stats = IMAGENET_MEAN,
         std: Stats = IMAGENET_STD,
+        radiometry: Radiometry | None = None,
+        min_valid: float = 0.0,
     ) -> None:
         low, high = scale_range
         if crop_size < 1 or not 0 < low <= high:
@@ -66,7 +105,9 @@ class TrainTransform:
         self.crop_size = int(crop_size)
         self.scale_range = (float(low), float(high))
         self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
-        self.mean, self.std = _stats(mean, std)
+        self.radiometry = _radiometry(radiometry, mean, std)
+        self.mean, self.std = self.radiometry.mean, self.radiometry.std
+        self.min_valid = float(min_valid)
 
     def _window(self, size: int, scale: float) -> tuple[int, int, int]:
         """Source span [start, stop) along one axis and its length after rescaling (at most crop)."""
@@ -77,18 +118,33 @@ class TrainTransform:
         return start, start + span, self.crop_size
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None) -> Tensors:
-        low, high = self.scale_range
-        scale = low + (high - low) * float(torch.rand(()))
-        y0, y1, out_h = self._window(image.shape[0], scale)
-        x0, x1, out_w = self._window(image.shape[1], scale)
-        image_t = torch.from_numpy(image[y0:y1, x0:x1]).permute(2, 0, 1).float()[None]
-        size = (out_h, out_w)
-        image_t = F.interpolate(image_t, size, mode="bilinear", align_corners=False, antialias=True)[0]
+        return self.crop(ArrayReader(image, mask))
+
+    def _draw(self, reader: Reader) -> tuple[torch.Tensor, np.ndarray | None, tuple[int, int]]:
+        """One scale and window; drawn again (from the same seeded stream) while mostly nodata."""
+        height, width = reader.shape
+        for _ in range(MAX_DRAWS):
+            low, high = self.scale_range
+            scale = low + (high - low) * float(torch.rand(()))
+            y0, y1, out_h = self._window(height, scale)
+            x0, x1, out_w = self._window(width, scale)
+            image_t, mask, valid = reader.read(y0, y1, x0, x1)
+            if valid >= self.min_valid:
+                break
+        return image_t, mask, (out_h, out_w)
+
+    def from_reader(self, reader: Reader) -> Tensors:
+        return self.crop(reader)
+
+    def crop(self, reader: Reader) -> Tensors:
+        image_t, mask, size = self._draw(reader)
+        out_h, out_w = size
+        image_t = F.interpolate(image_t[None], size, mode="bilinear", align_corners=False, antialias=True)[0]
         pad = (0, self.crop_size - out_w, 0, self.crop_size - out_h)
         image_t = F.pad(image_t, pad, value=0.0)
         mask_t = None
         if mask is not None:
-            mask_t = torch.from_numpy(mask[y0:y1, x0:x1]).float()[None, None]
+            mask_t = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]
             mask_t = F.interpolate(mask_t, size, mode="nearest-exact")[0, 0]
             mask_t = F.pad(mask_t, pad, value=float(IGNORE_INDEX)).long()
         for enabled, dim in ((self.hflip, -1), (self.vflip, -2)):
@@ -99,4 +155,4 @@ class TrainTransform:
             turns = int(torch.randint(4, ()))
             image_t = torch.rot90(image_t, turns, (-2, -1))
             mask_t = None if mask_t is None else torch.rot90(mask_t, turns, (-2, -1))
-        return _normalise(image_t, self.mean, self.std), mask_t
+        return self.radiometry.normalise(image_t), mask_t

@@ -26,9 +26,9 @@ from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_geom
 
-from crossearth_gate.data.catalog import IGNORE_INDEX
 from crossearth_gate.util.atomic import atomic_write
 from crossearth_gate.util.errors import UserError
+from crossearth_gate.util.labels import IGNORE_INDEX
 
 CACHE_VERSION = 1  # bump when the burning rule changes: earlier cached rasters then no longer match
 GEO_EXTRA = "polygon labels need the geo extra: pip install 'crossearth-gate[geo]'"

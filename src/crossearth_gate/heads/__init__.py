@@ -9,7 +9,7 @@ only when asked for.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from torch import Tensor, nn
@@ -33,12 +33,17 @@ HEADS: dict[str, Callable[..., nn.Module]] = {"fpn": FPNHead, "mask2former": _ma
 
 
 def build_head(name: str, in_channels: int, num_levels: int, num_classes: int, channels: int,
-               options: dict[str, Any] | None = None) -> nn.Module:
-    """``options`` (``model.head_kwargs``) go to the head; the FPN head takes none."""
+               options: dict[str, Any] | None = None, class_weights: Sequence[float] | None = None) -> nn.Module:
+    """``options`` (``model.head_kwargs``) go to the head; the FPN head takes none. ``class_weights``
+    (``train.class_weights``) weight its pixel cross-entropy; Mask2Former's matched losses take none."""
     if name not in HEADS:
         raise UserError(f"unknown head {name!r}; choose from {sorted(HEADS)}")
     if options and name == "fpn":
         raise UserError(f"model.head_kwargs {sorted(options)}: the fpn head takes none")
+    if class_weights is not None:
+        if name != "fpn":
+            raise UserError(f"config train.class_weights: the {name} head has its own loss; remove them")
+        return HEADS[name](in_channels, num_levels, num_classes, channels, class_weights=class_weights)
     return HEADS[name](in_channels, num_levels, num_classes, channels, **(options or {}))
 
 

@@ -14,6 +14,8 @@ resampling, where their statistics were computed before.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,8 +37,12 @@ class FPNHead(nn.Module):
 
     supports_vmap = True
 
-    def __init__(self, in_channels: int, num_levels: int, num_classes: int, channels: int = 128):
+    def __init__(self, in_channels: int, num_levels: int, num_classes: int, channels: int = 128,
+                 class_weights: Sequence[float] | None = None):
         super().__init__()
+        # not persistent: a config value (train.class_weights), never part of the saved weights
+        weight = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
+        self.register_buffer("class_weight", weight, persistent=False)
         self.scales = [2.0 ** (2 - i) if i < 3 else 0.5 for i in range(num_levels)]
         self.lateral = nn.ModuleList(_conv_gn_relu(in_channels, channels, 1) for _ in range(num_levels))
         self.smooth = nn.ModuleList(_conv_gn_relu(channels, channels, 3) for _ in range(num_levels))
@@ -75,7 +81,11 @@ class FPNHead(nn.Module):
     def loss(self, outputs: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         """Mean pixel cross-entropy over the batch's labelled pixels (each term times its weight, if given)."""
         logits = self.scores(outputs, target.shape[-2:])
-        return cross_entropy(logits, target) if weight is None else weighted_cross_entropy(logits, target, weight)
+        if weight is None:
+            return cross_entropy(logits, target, self.class_weight)
+        if self.class_weight is not None:  # each pixel's term also times its class's weight
+            weight = weight * self.class_weight[target.clamp(max=len(self.class_weight) - 1)]
+        return weighted_cross_entropy(logits, target, weight)
 
     def per_sample_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         return per_sample_cross_entropy(self.scores(outputs, target.shape[-2:]), target)

@@ -19,9 +19,10 @@ def per_sample_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return pixel.flatten(1).sum(1) / valid.clamp(min=1)
 
 
-def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Batch loss: mean over all valid pixels of the batch (mmseg's default)."""
-    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+def cross_entropy(logits: Tensor, target: Tensor, class_weight: Tensor | None = None) -> Tensor:
+    """Batch loss: mean over all valid pixels of the batch (mmseg's default); ``class_weight`` per class, for a
+    minority class (buildings in a scene of background) that would otherwise barely move the loss."""
+    return F.cross_entropy(logits, target, weight=class_weight, ignore_index=IGNORE_INDEX)
 
 
 def weighted_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:

@@ -55,6 +55,8 @@ class ModelSpec:
     head_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. Mask2Former's num_queries
     band_kernels: list[int] | None = None  # per input channel: pretrained RGB kernel 0/1/2 or -1 (None: RGB)
     gsd: float | None = None  # Scale-MAE's ground-sample distance (None: the backbone's own positions)
+    # how pixels were read and normalised (bands, nodata, per-channel statistics); None: 8-bit RGB, ImageNet's
+    radiometry: dict[str, Any] | None = None
 
     def build(self, weights: str | None = None) -> Segmentor:
         """A fresh segmentor with this spec (backbone weights from ``weights`` or the recorded source).
@@ -95,7 +97,8 @@ def build_seeded_backbone(
 
 
 def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: int, img_size: int,
-            head: str, head_channels: int, backbone_kwargs: dict[str, Any] | None = None) -> ModelSpec:
+            head: str, head_channels: int, backbone_kwargs: dict[str, Any] | None = None,
+            radiometry: dict[str, Any] | None = None) -> ModelSpec:
     info = model.backbone.info
     tb = asdict(model.toolbox.config)
     tb["types"] = list(tb["types"])
@@ -109,6 +112,7 @@ def spec_of(model: Segmentor, classes: list[str], palette: list, backbone_seed: 
         head_kwargs=dict(model.head_kwargs),
         band_kernels=band_kernels(model.backbone.vit),
         gsd=info.gsd,
+        radiometry=radiometry,
     )
 
 

@@ -26,9 +26,11 @@ class Segmentor(nn.Module):
         finetune_backbone: bool = False,
         head_kwargs: dict[str, Any] | None = None,
         band_kernels: Sequence[int] | None = None,
+        class_weights: Sequence[float] | None = None,
     ):
         """``band_kernels``: per input channel, the pretrained RGB kernel it takes (0, 1, 2) or -1 for a new
-        zero-initialised trainable one (model/bands.py); None: the backbone's own 3-channel embedding."""
+        zero-initialised trainable one (model/bands.py); None: the backbone's own 3-channel embedding.
+        ``class_weights``: the head's per-class loss weights (``train.class_weights``; training only)."""
         super().__init__()
         info = backbone.info
         if band_kernels is not None:
@@ -38,7 +40,7 @@ class Segmentor(nn.Module):
         self.toolbox.attach(backbone.vit.blocks)
         self.head_kwargs = dict(head_kwargs or {})
         self.head = build_head(head, info.embed_dim, len(backbone.out_indices), num_classes, head_channels,
-                               self.head_kwargs)
+                               self.head_kwargs, class_weights)
         self.num_classes = num_classes
         backbone.set_finetune(finetune_backbone)
 

@@ -6,8 +6,11 @@ needs only one tile plus its context margin in memory; each tile runs exactly it
 whole-scene window grid, so the result does not depend on --tile. The output GeoTIFF keeps the
 scene's CRS, transform and size, with 255 = nodata and the class palette as colour table.
 
-Radiometry: the model was trained on 8-bit RGB. uint8 bands are used as they are; any other dtype
-is scaled per band by a 2-98 % percentile stretch to 0..255. The percentiles are computed ONCE per
+Radiometry: the saved model says how training read and normalised its pixels (``ModelSpec.radiometry``:
+bands, nodata, per-band statistics; ``data/radiometry.py``), and predict applies exactly that, through the
+same ``EvalTransform``. Models trained on 8-bit data (all models saved before) normalise with ImageNet's
+statistics: uint8 bands are used as they are; any other dtype is first scaled per band by a 2-98 %
+percentile stretch to 0..255 (also what overlays show). The percentiles are computed ONCE per
 scene from a decimated overview read (at most ``STATS_SIDE`` pixels a side, nodata excluded), so
 every tile is scaled identically and tile seams cannot come from per-tile statistics.
 """

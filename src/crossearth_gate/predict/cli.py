@@ -10,6 +10,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..model.artefacts import model_file, read_spec
 from ..util.errors import UserError
 from .geotiff import check_geotiffs, geotiff_overlay, predict_geotiff
 from .images import predict_image
@@ -34,7 +35,7 @@ def _report(progress: Progress, path: Path) -> None:
 def _predict_job(predictor: Predictor, job: Job, args: argparse.Namespace, bands: list[int] | None,
                  progress: Progress) -> list[Path]:
     if not job.is_geotiff:
-        return predict_image(predictor, job, args.overlay, progress)
+        return predict_image(predictor, job, args.overlay, progress, bands)
     path, stretch, used = predict_geotiff(predictor, job, bands, args.tile, progress)
     if not args.overlay:
         return [path]
@@ -47,7 +48,9 @@ def predict_cli(args: argparse.Namespace) -> None:
     if args.tile < 1 or args.batch_size < 1:
         raise UserError(f"--tile ({args.tile}) and --batch-size ({args.batch_size}) must be positive")
     jobs = collect_jobs(args.inputs, args.out)
-    check_geotiffs(jobs, bands)
+    radiometry = read_spec(model_file(args.model)).radiometry if model_file(args.model).is_file() else None
+    check_geotiffs(jobs, bands, None if radiometry is None or radiometry.get("bands") is None
+                   else list(radiometry["bands"]))
     predictor = load_predictor(args)
     with torch.inference_mode(), _progress() as progress:
         for job in jobs:

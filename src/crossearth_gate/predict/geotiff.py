@@ -16,12 +16,13 @@ import rasterio.windows
 from PIL import Image
 from rich.progress import Progress
 
+from ..data.raster import read_bands
 from ..model.inference import Tile, Window, iter_tiles
 from ..runs.plots import overlay
 from ..util.atomic import atomic_write
 from ..util.errors import UserError, WriteError
 from .images import write_png
-from .inputs import Job, resolve_bands
+from .inputs import Job, check_plain_bands, resolve_bands
 from .model import Advance, Predictor
 from .radiometry import NODATA, STATS_SIDE, Stretch, _overview_shape, _read, nodata_pixels, scene_stretch, to_rgb
 
@@ -31,12 +32,14 @@ OVERLAY_SIDE = 2048
 BLOCK = 256
 
 
-def check_geotiffs(jobs: list[Job], bands: list[int] | None) -> None:
-    """Open every GeoTIFF and check its bands now, before the (possibly slow) model load."""
+def check_geotiffs(jobs: list[Job], bands: list[int] | None, trained: list[int] | None = None) -> None:
+    """Open every input and check its bands now, before the (possibly slow) model load."""
     for job in jobs:
+        if not job.is_geotiff:
+            check_plain_bands(job.source, bands)
         if job.is_geotiff:
             with _raster_errors(job.source), rasterio.open(job.source) as src:
-                used = resolve_bands(bands, src.count, job.source)
+                used = resolve_bands(bands, src.count, job.source, trained)
                 _, valid = _read(src, used, out_shape=(len(used), *_overview_shape(src.height, src.width, STATS_SIDE)))
                 if not valid.any():
                     log.warning("%s: every pixel of bands %s is nodata: the prediction will be all nodata (%d)",
@@ -59,13 +62,14 @@ def _raster_errors(path: Path) -> Iterator[None]:
 def _predict_tile(predictor: Predictor, src: rasterio.DatasetReader, bands: list[int], tile: Tile,
                   stretch: Stretch | None, advance: Advance) -> np.ndarray:
     """Class indices of the tile's core; tiles without any valid pixel skip the model."""
-    data, valid = _read(src, bands, window=_rio_window(tile.read))
-    nodata = nodata_pixels(valid)
+    data, valid = read_bands(src, bands, _rio_window(tile.read), predictor.radiometry.nodata)
+    nodata = ~valid
     if nodata.all():
         advance(len(tile.row_starts) * len(tile.col_starts))
         classes = np.full(nodata.shape, NODATA, dtype=np.uint8)
     else:
-        classes = predictor.classify(to_rgb(data, nodata, stretch), tile.row_starts, tile.col_starts, advance)
+        pixels = predictor.pixels(data, nodata, stretch)
+        classes = predictor.classify(pixels, tile.row_starts, tile.col_starts, advance)
         classes[nodata] = NODATA
     rows = slice(tile.core_row, tile.core_row + tile.write.height)
     cols = slice(tile.core_col, tile.core_col + tile.write.width)
@@ -89,8 +93,8 @@ def predict_geotiff(predictor: Predictor, job: Job, bands_arg: list[int] | None,
                     progress: Progress) -> tuple[Path, Stretch | None, list[int]]:
     """Tile-by-tile prediction into ``<stem>_pred.tif``, written to a temporary file and renamed."""
     with _raster_errors(job.source), rasterio.open(job.source) as src:
-        bands = resolve_bands(bands_arg, src.count, job.source)
-        stretch = scene_stretch(src, bands)
+        bands = resolve_bands(bands_arg, src.count, job.source, predictor.trained_bands)
+        stretch = scene_stretch(src, bands)  # statistics models ignore it (only the overlay shows it)
         tiles = list(iter_tiles(src.height, src.width, tile_size, predictor.window, predictor.stride))
         total = sum(len(t.row_starts) * len(t.col_starts) for t in tiles)
         task = progress.add_task(job.source.name, total=total)

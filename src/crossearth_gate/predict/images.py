@@ -11,6 +11,7 @@ from rich.progress import Progress
 from ..data.datasets import read_image
 from ..runs.plots import overlay
 from ..util.atomic import atomic_write
+from ..util.errors import UserError
 from .inputs import Job
 from .model import Predictor
 
@@ -26,8 +27,14 @@ def palette_image(classes: np.ndarray, palette: list[list[int]]) -> Image.Image:
     return image
 
 
-def predict_image(predictor: Predictor, job: Job, with_overlay: bool, progress: Progress) -> list[Path]:
+def predict_image(predictor: Predictor, job: Job, with_overlay: bool, progress: Progress,
+                  bands: list[int] | None = None) -> list[Path]:
     rgb = read_image(job.source)
+    if bands is not None:
+        rgb = np.ascontiguousarray(rgb[..., [b - 1 for b in bands]])
+    if predictor.radiometry.mode == "statistics":
+        raise UserError(f"{job.source}: an 8-bit image, but the model normalises with statistics of its "
+                        f"training rasters; predict on rasters like those")
     rows, cols = predictor.grid(*rgb.shape[:2])
     task = progress.add_task(job.source.name, total=len(rows) * len(cols))
     classes = predictor.classify(rgb, rows, cols, lambda n: progress.advance(task, n))

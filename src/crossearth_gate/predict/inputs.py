@@ -86,8 +86,14 @@ def parse_bands(text: str | None) -> list[int] | None:
     return bands
 
 
-def resolve_bands(bands: list[int] | None, count: int, path: Path) -> list[int]:
-    """The bands to read as R, G, B: --bands checked against the file, else 1,2,3 when there are three."""
+def resolve_bands(bands: list[int] | None, count: int, path: Path, trained: list[int] | None = None) -> list[int]:
+    """The bands to read as R, G, B: --bands checked against the file, else the bands the model was trained
+    on (``trained``), else 1,2,3 when there are three."""
+    if bands is None and trained is not None:
+        if max(trained) > count:
+            raise UserError(f"{path}: the model was trained on bands {trained} but the file has {count} band(s); "
+                            "choose others with --bands")
+        return list(trained)
     if bands is None:
         if count < 3:
             raise UserError(f"{path}: has {count} band(s), not RGB; pass --bands 1,1,1 to use band 1 as grey")
@@ -95,3 +101,18 @@ def resolve_bands(bands: list[int] | None, count: int, path: Path) -> list[int]:
     if max(bands) > count:
         raise UserError(f"{path}: --bands asks for band {max(bands)} but the file has {count} band(s)")
     return bands
+
+
+def check_plain_bands(path: Path, bands: list[int] | None) -> None:
+    """--bands on a JPEG/PNG: its bands must exist (a band the file does not have is one line, not ignored)."""
+    if bands is None:
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            count = len(im.getbands())
+    except (OSError, UnidentifiedImageError):
+        return  # the reader names the unreadable file
+    if max(bands) > count:
+        raise UserError(f"{path}: --bands asks for band {max(bands)} but the file has {count} band(s)")

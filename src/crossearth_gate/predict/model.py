@@ -11,13 +11,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..data.radiometry import Radiometry, imagenet
 from ..data.transforms import EvalTransform
 from ..export.runtime import is_onnx, load_onnx
 from ..model.artefacts import ModelSpec, load_trainable, model_file
 from ..model.inference import sliding_window_logits_at, window_starts
 from ..model.merge import merge_for_inference
 from ..util.errors import UserError
-from .radiometry import NODATA
+from .radiometry import NODATA, Stretch, to_rgb
 
 Advance = Callable[[int], None]
 
@@ -44,10 +45,32 @@ class Predictor:
         """Row and column window starts of the whole-image sliding window for this size."""
         return window_starts(height, self.window, self.stride), window_starts(width, self.window, self.stride)
 
+    @property
+    def radiometry(self) -> Radiometry:
+        """How training read and normalised pixels (ImageNet's on 8-bit RGB for models saved before it)."""
+        if self.spec.radiometry is None:
+            return imagenet(self.spec.mean, self.spec.std)
+        return Radiometry.from_dict(self.spec.radiometry)
+
+    @property
+    def trained_bands(self) -> list[int] | None:
+        bands = self.radiometry.bands
+        return None if bands is None else list(bands)
+
+    def pixels(self, data: np.ndarray, nodata: np.ndarray, stretch: Stretch | None) -> np.ndarray:
+        """(C, h, w) raw band data → the HxWxC array ``classify`` takes: raw values (nodata filled) for a model
+        trained on statistics, else 8-bit (stretched when the data is not 8-bit, as the model saw 8-bit)."""
+        radiometry = self.radiometry
+        if radiometry.mode != "statistics":
+            return to_rgb(data, nodata, stretch)
+        values = data.astype(np.float32)
+        values[:, nodata] = radiometry.fill()[:, None]
+        return np.ascontiguousarray(values.transpose(1, 2, 0))
+
     def classify(self, rgb: np.ndarray, row_starts: Sequence[int], col_starts: Sequence[int],
                  advance: Advance) -> np.ndarray:
-        """HxWx3 uint8 → HxW uint8 class indices from the given windows, normalised exactly as in evaluation."""
-        image, _ = EvalTransform(tuple(self.spec.mean), tuple(self.spec.std))(rgb, None)
+        """HxWxC pixels → HxW uint8 class indices from the given windows, normalised exactly as in evaluation."""
+        image, _ = EvalTransform(radiometry=self.radiometry)(rgb, None)
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
             logits = self.model(batch)

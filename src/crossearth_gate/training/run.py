@@ -11,7 +11,8 @@ import lightning as L
 import yaml
 
 from ..config.schema import RunConfig, config_to_dict
-from ..data import SegDataModule, get_dataset_info
+from ..data import SegDataModule
+from ..data.catalog import PRESETS
 from ..model.artefacts import TRAINABLE_FILE, save_trainable, spec_of
 from ..model.backbone import BackboneInfo
 from ..util.atomic import atomic_write_json, atomic_write_text
@@ -108,7 +109,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     if start.metrics is not None:
         return start.metrics
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    info = get_dataset_info(cfg.data.source.dataset)
+    info = cfg.data.source.info
     validate = cfg.data.val is not None or cfg.data.val_fraction > 0
     domains = [SOURCE_VAL, *cfg.data.targets] if validate else list(cfg.data.targets)
     task = build_task(cfg, list(info.classes), list(info.palette), domains, run_dir / "samples")
@@ -119,6 +120,7 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed model or data set-up leaves no empty run
     held = HeldWrites(run_dir, held=start.checkpoint is not None and not start.finished)  # see held_writes.py
     atomic_write_text(held.path(run_dir / "config.yaml"), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    write_data_record(cfg, run_dir, datamodule)
 
     callbacks: list[L.Callback] = []
     checkpoint = None
@@ -195,9 +197,37 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     spec = spec_of(model, task.classes, task.palette, cfg.train.seed, cfg.data.crop_size, cfg.model.head,
-                   cfg.model.head_channels, cfg.model.backbone_kwargs)
+                   cfg.model.head_channels, cfg.model.backbone_kwargs, _radiometry_record(run_dir))
     save_trainable(run_dir / TRAINABLE_FILE, model, spec, trained_slots)
     return metrics
+
+
+DATA_FILE = "data.yaml"
+
+
+def write_data_record(cfg: RunConfig, run_dir: Path, datamodule: SegDataModule) -> None:
+    """The dataset definition of every domain as used (presets written out too) and the radiometry."""
+    d = cfg.data
+    domains = {"source": d.source, "val": d.val, "unlabelled_target": d.unlabelled_target,
+               **{f"target {name}": spec for name, spec in d.targets.items()}}
+    record: dict[str, Any] = {"radiometry": datamodule.radiometry.as_dict(), "domains": {}}
+    for role, spec in domains.items():
+        if spec is None:
+            continue
+        definition = PRESETS.get(spec.dataset) if isinstance(spec.dataset, str) else spec.dataset
+        record["domains"][role] = {"preset": spec.dataset if isinstance(spec.dataset, str) else None,
+                                   "root": spec.root, "definition": config_to_dict(definition)}
+    atomic_write_text(run_dir / DATA_FILE, yaml.safe_dump(record, sort_keys=False))
+
+
+def _radiometry_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's radiometry for the saved model; None (ImageNet 8-bit, as models before it) when that is it."""
+    path = run_dir / DATA_FILE
+    if not path.is_file():
+        return None
+    radiometry = yaml.safe_load(path.read_text(encoding="utf-8"))["radiometry"]
+    plain = radiometry["mode"] == "imagenet" and radiometry["bands"] is None and radiometry["nodata"] is None
+    return None if plain else radiometry
 
 
 def _weights_record(info: BackboneInfo) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from ..config.schema import RunConfig
 from ..model.artefacts import build_seeded_backbone
 from ..model.inference import sliding_window_logits
 from ..model.segmentor import Segmentor
+from ..util.errors import UserError
 from .losses import segmentation_loss
 from .metrics import SegMetrics
 from .schedule import warmup_poly
@@ -29,7 +30,7 @@ def build_segmentor(cfg: RunConfig, num_classes: int, band_kernels: Sequence[int
         m.backbone, m.weights, cfg.data.crop_size, m.out_indices, cfg.train.seed, m.backbone_kwargs, m.gsd
     )
     return Segmentor(backbone, num_classes, cfg.toolbox, m.head, m.head_channels, m.finetune_backbone, m.head_kwargs,
-                     band_kernels)
+                     band_kernels, cfg.train.class_weights)
 
 
 class SegmentationTask(L.LightningModule):
@@ -42,6 +43,10 @@ class SegmentationTask(L.LightningModule):
         self.classes = list(classes)
         self.palette = [tuple(c) for c in palette]
         self.target_names = list(target_names)
+        weights = cfg.train.class_weights
+        if weights is not None and (len(weights) != len(classes) or min(weights) < 0 or max(weights) <= 0):
+            raise UserError(f"config train.class_weights: one weight >= 0 per class ({len(classes)}: "
+                            f"{', '.join(classes)}), not all 0, got {weights}")
         self.model = build_segmentor(cfg, len(classes))
         if not self.cfg.toolbox.types:
             self.model.toolbox.set_active([])
@@ -75,7 +80,7 @@ class SegmentationTask(L.LightningModule):
         return loss
 
     def loss(self, images: Tensor, masks: Tensor) -> Tensor:
-        """The training loss: the head's own (Mask2Former's matched losses) or pixel cross-entropy."""
+        """The training loss: the head's own (``train.class_weights`` weight the FPN head's cross-entropy)."""
         return segmentation_loss(self.model, self.model.head_outputs(images), masks)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
