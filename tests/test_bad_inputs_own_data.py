@@ -78,7 +78,7 @@ CASES: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
     "duplicate_class": (lambda d: buildings(classes=["building", "building"]), "duplicate class name(s) building"),
     "label_value_without_class": (_label_value, "label values 7 out of range"),
     "band_beyond_count": (lambda d: buildings(bands=[1, 1, 2]), "band 2 asked for but the file has 1 band(s)"),
-    "four_channels": (lambda d: buildings(bands=[1, 1, 1, 1]), "4 channels need the patch embedding grown"),
+    "four_channels": (lambda d: buildings(bands=[1, 1, 1, 1]), "4 channels: fit trains on at most 3 bands"),
     "mixed_dtypes": (_mixed_dtypes, "images of one dataset differ"),
     "mixed_band_counts": (_mixed_counts, "images of one dataset differ"),
     "label_off_grid": (_shifted_label, "is off the grid of its image"),
@@ -87,8 +87,8 @@ CASES: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
     "constant_band": (_constant, "is constant (300)"),
     "stray_label": (_stray_label, "labels/c.tif has no image"),
     "image_without_label": (_image_without_label, "images/b.tif has no label"),
-    "polygon_labels": (lambda d: buildings(labels={"polygons": {"path": "b.gpkg", "class_attribute": "kind"}}),
-                       "polygon labels need the geo helper's module"),
+    "polygon_layer_missing": (lambda d: buildings(labels={"polygons": {"path": "b.gpkg", "class_attribute": "kind"}}),
+                              "polygon layer not found"),
     "bad_region": (lambda d: buildings(), "not inside the 64x64 scene"),
 }
 

@@ -10,7 +10,6 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..model.artefacts import model_file, read_spec
 from ..util.errors import UserError
 from .geotiff import check_geotiffs, geotiff_overlay, predict_geotiff
 from .images import predict_image
@@ -48,10 +47,10 @@ def predict_cli(args: argparse.Namespace) -> None:
     if args.tile < 1 or args.batch_size < 1:
         raise UserError(f"--tile ({args.tile}) and --batch-size ({args.batch_size}) must be positive")
     jobs = collect_jobs(args.inputs, args.out)
-    radiometry = read_spec(model_file(args.model)).radiometry if model_file(args.model).is_file() else None
+    predictor = load_predictor(args)  # a saved run or an ONNX export: both carry the spec and its radiometry
+    radiometry = predictor.spec.radiometry
     check_geotiffs(jobs, bands, None if radiometry is None or radiometry.get("bands") is None
                    else list(radiometry["bands"]))
-    predictor = load_predictor(args)
     with torch.inference_mode(), _progress() as progress:
         for job in jobs:
             for path in _predict_job(predictor, job, args, bands, progress):
