@@ -131,6 +131,8 @@ KNOWN_WARNINGS = (
     (UserWarning, r"The number of training batches \(\d+\) is smaller than the logging interval"),
     # data.num_workers: 0 is the default on purpose (a killed run resumes bit for bit only without workers)
     (UserWarning, r"The '\w+' does not have many workers which may be a bottleneck"),
+    # a resumed run writes into its own checkpoints folder on purpose (training/run_dir.py checked it first)
+    (UserWarning, r"Checkpoint directory .* exists and is not empty"),
 )
 """Library warnings that say nothing a user can act on; every other warning is shown."""
 
