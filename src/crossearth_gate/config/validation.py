@@ -27,10 +27,8 @@ CROP_WARN_FACTOR = 2  # a crop this many times the largest source image is almos
 
 def check_runtime(cfg: RunConfig) -> None:
     """The checks that need the backbone's shape, Lightning or the source images; nothing is written."""
-    from ..heads import HEADS
     from ..weights import AUTO, HUB, RANDOM
 
-    require(cfg.model.head in HEADS, "model.head", f"must be one of {sorted(HEADS)}", cfg.model.head)
     weights = cfg.model.weights
     require(weights in (AUTO, HUB, RANDOM) or Path(weights).expanduser().is_file(), "model.weights",
             "must be auto, hub, none or an existing weights file", weights)
