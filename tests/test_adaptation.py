@@ -309,7 +309,7 @@ def test_the_gate_callback_has_the_teacher_label_with_the_students_active_set() 
 def test_the_gate_callback_refuses_a_fractional_count(k: float) -> None:
     """A count is whole: 4.5 slots is refused in one line, not truncated to 4 (9.0 from YAML is the count 9)."""
     task = types.SimpleNamespace(model=tiny_segmentor())
-    with pytest.raises(UserError, match="k must be"):
+    with pytest.raises(UserError, match="gate.k: must be"):
         GateCallback(GateConfig(k=k, num_samples=2), task, seed=0)
     assert GateCallback(GateConfig(k=9.0, num_samples=2), task, seed=0).gate.k == 9
 
@@ -433,13 +433,12 @@ def test_dubai_protocols_score_the_same_images() -> None:
 @pytest.mark.parametrize("overrides, message", [
     (["gate.fisher_data=target"], "needs pseudo-labels"),
     (["train.adaptation=dacs"], "unlabelled_target"),
-    (["train.adaptation=mixup"], "unknown train.adaptation"),
-    (["train.adaptation=dacs", "gate.fisher_data=all"], "unknown gate.fisher_data"),
+    (["train.adaptation=mixup"], "train.adaptation: must be one of"),
+    (["train.adaptation=dacs", "gate.fisher_data=all"], "gate.fisher_data: must be one of"),
 ])
 def test_bad_adaptation_settings_are_one_line(overrides: list[str], message: str) -> None:
-    cfg = load_config("demo", ["model.weights=none", *overrides])
-    with pytest.raises(UserError, match=message):
-        build_task(cfg, ["a", "b"], [(0, 0, 0), (1, 1, 1)], [])
+    with pytest.raises(UserError, match=message):  # refused where the config is built
+        load_config("demo", ["model.weights=none", *overrides])
 
 
 def test_without_adaptation_the_task_is_the_plain_one(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import TINY, cli, fit_argv
+from bad_inputs import TINY, cli, cli_subprocess, error_line, fit_argv
 from crossearth_gate.config.schema import load_config
 from crossearth_gate.config.validation import check_runtime
 from crossearth_gate.util.errors import UserError
@@ -74,6 +74,12 @@ BAD_OVERRIDES = [
     ("toolbox.frequency_cutoff=0", "toolbox.frequency_cutoff"),
     ("toolbox.lora_rank=0", "toolbox.lora_rank"),
     ("toolbox.up_init_std=-0.01", "toolbox.up_init_std"),
+    ("train.adaptation=mixup", "train.adaptation"),
+    ("gate.fisher_data=all", "gate.fisher_data"),
+    ("gate.fisher_data=target", "gate.fisher_data"),
+    ("adaptation.ema_alpha=1", "adaptation.ema_alpha"),
+    ("adaptation.blur_p=1.5", "adaptation.blur_p"),
+    ("adaptation.blur_sigma=[1, 0.5]", "adaptation.blur_sigma"),
     ("name=../elsewhere", "name"),
     ("train.lrr=1", "train.lrr"),
     ("train.max_steps=abc", "train.max_steps"),
@@ -108,6 +114,10 @@ CONFIG_FILES = {
     "invalid_yaml": (lambda d: _write(d / "bad.yaml", "train: [unclosed\n"), "invalid YAML"),
     "top_level_list": (lambda d: _write(d / "list.yaml", "- 1\n- 2\n"), "mapping"),
     "unknown_packaged_name": (lambda d: d / "no_such_config", "no_such_config"),
+    "no_base_no_source": (lambda d: _write(d / "bare.yaml", "name: bare\ntrain: {max_steps: 2}\n"), "data.source"),
+    "source_null": (lambda d: _write(d / "null.yaml", "_base_: demo\ndata: {source: null}\n"), "data.source.dataset"),
+    "source_without_root": (lambda d: _write(d / "noroot.yaml", "data: {source: {dataset: dubai}}\n"),
+                            "data.source.root"),
 }
 
 
@@ -122,6 +132,15 @@ def test_bad_config_file(case: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     cli(capsys, tmp_path, fit_argv(out, config=path.name if case == "unknown_packaged_name" else str(path)), 2,
         needle)
     assert not out.exists()
+
+
+def test_a_config_without_base_or_source_is_one_line_from_the_console_entry_point(tmp_path: Path) -> None:
+    """Neither ``_base_`` nor ``data.source``: the real ``python -m crossearth_gate.cli`` exits 2 with one line."""
+    _write(tmp_path / "bare.yaml", "name: bare\ntrain: {max_steps: 2}\n")
+    done = cli_subprocess(["fit", "--config", "bare.yaml", "--out", "run"], tmp_path)
+    assert done.returncode == 2, done.stderr
+    error_line(done.stderr, "data.source", "_base_")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.yaml"], "nothing written"
 
 
 def test_a_fractional_count_in_a_config_file_is_refused(tmp_path: Path) -> None:

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from crossearth_gate.config.schema import DEMO_DATA, RunConfig, config_to_dict, load_config
+from crossearth_gate.adaptation.settings import AdaptationConfig
+from crossearth_gate.config.schema import (
+    DEMO_DATA,
+    DataConfig,
+    EvalConfig,
+    GateConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    config_to_dict,
+    load_config,
+)
+from crossearth_gate.gating.fisher import FisherMethod, check_method
+from crossearth_gate.gating.selection import SelectorName, make_selector
+from crossearth_gate.heads import HEADS, HeadName
+from crossearth_gate.model.inference import BlendMode, blend_weights
+from crossearth_gate.toolbox.names import SLOT_TYPES, SlotType
+from crossearth_gate.toolbox.slots import Toolbox, ToolboxConfig
 from crossearth_gate.util.errors import UserError
 
 
@@ -67,3 +86,46 @@ def test_every_shipped_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch)
     cfg = load_config(str(path))
     assert cfg.data.targets, f"{path.name} names no target domain"
     assert "$" not in cfg.data.source.root, "environment variables expand"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: GateConfig(selector="magic"), "config gate.selector: must be one of ['fisher', 'gradnorm', 'random']"),
+        (lambda: GateConfig(k=2.5), "config gate.k: must be an integer count"),
+        (lambda: GateConfig(fisher_method="fast"), "config gate.fisher_method: must be one of ['loop', 'vmap']"),
+        (lambda: ModelConfig(head="unet"), "config model.head: must be one of ['fpn', 'mask2former']"),
+        (lambda: EvalConfig(blend="sharp"), "config eval.blend: must be one of ['gaussian', 'uniform']"),
+        (lambda: TrainConfig(adaptation="mixup"), "config train.adaptation: must be one of ['none', 'dacs']"),
+        (lambda: TrainConfig(seed=-1), "config train.seed: must be in [0, 4294967295]"),
+        (lambda: DataConfig(val_fraction=1.0), "config data.val_fraction: must be in [0, 1)"),
+        (lambda: ModelConfig(gsd=0.0), "config model.gsd: must be > 0 (metres per pixel)"),
+        (lambda: ToolboxConfig(frequency_cutoff=0.0), "config toolbox.frequency_cutoff: must be in (0, 1]"),
+        (lambda: AdaptationConfig(confidence=1.0), "config adaptation.confidence: must be in [0, 1)"),
+        (lambda: RunConfig(name="a/b"), "config name: must be a plain folder name"),
+        (lambda: RunConfig(gate=GateConfig(enabled=True), toolbox=ToolboxConfig(types=())), "config gate.enabled"),
+        (lambda: RunConfig(gate=GateConfig(fisher_data="both")), "gate.fisher_data=both needs pseudo-labels"),
+        (lambda: RunConfig(train=TrainConfig(adaptation="dacs")), "train.adaptation=dacs needs data.unlabelled_target"),
+    ],
+)
+def test_a_section_checks_itself_wherever_it_is_built(build: Callable[[], object], message: str) -> None:
+    """In code as from YAML: each section refuses its own bad values, RunConfig the cross-section ones."""
+    with pytest.raises(UserError) as err:
+        build()
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_defaults_are_valid() -> None:
+    assert RunConfig().gate.selector == "fisher"
+
+
+def test_every_allowed_value_is_one_the_code_accepts() -> None:
+    """One list per choice (the Literal): each of its values works where it is used."""
+    for name in typing.get_args(SelectorName):
+        make_selector(name, seed=0, method="loop")
+    for method in typing.get_args(FisherMethod):
+        check_method(method)
+    for mode in typing.get_args(BlendMode):
+        assert blend_weights(4, 4, mode).shape == (4, 4)
+    assert typing.get_args(SlotType) == SLOT_TYPES == tuple(Toolbox(8, 1, ToolboxConfig()).slots)
+    assert typing.get_args(HeadName) == tuple(HEADS)

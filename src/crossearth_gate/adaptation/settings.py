@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
-ADAPTATION_METHODS = ("none", "dacs")
-FISHER_DATA = ("source", "target", "both")
+from ..util.checks import at_least, in_unit_interval, require
+
+AdaptationMethod = Literal["none", "dacs"]  # train.adaptation: none (domain generalisation) | dacs (self-training)
+FisherData = Literal["source", "target", "both"]  # gate.fisher_data: which images the gate scores
 
 
 @dataclass
@@ -20,3 +24,14 @@ class AdaptationConfig:
     blur_p: float = 0.5  # probability of a Gaussian blur on a mixed image (DACS)
     blur_sigma: tuple[float, float] = (0.15, 1.15)
     transductive: bool = False  # true: the unlabelled training images may also be the scored test images
+
+    def __post_init__(self) -> None:
+        in_unit_interval(self.ema_alpha, "adaptation.ema_alpha", open_high=True)
+        in_unit_interval(self.confidence, "adaptation.confidence", open_high=True)
+        at_least(self.mix_weight, 0, "adaptation.mix_weight")
+        in_unit_interval(self.jitter_p, "adaptation.jitter_p")
+        in_unit_interval(self.jitter_strength, "adaptation.jitter_strength")
+        in_unit_interval(self.blur_p, "adaptation.blur_p")
+        sigma = list(self.blur_sigma)
+        require(len(sigma) == 2 and 0 < sigma[0] <= sigma[1] < math.inf, "adaptation.blur_sigma",
+                "must be [min, max] with 0 < min <= max", sigma)

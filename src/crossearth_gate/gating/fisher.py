@@ -20,9 +20,11 @@ Pass the plain module, not a DistributedDataParallel wrapper (its hooks expect a
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -36,7 +38,8 @@ Batches = Iterable[tuple[Tensor, Tensor]]
 PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
 """``loss(logits, target) -> Tensor`` of shape (B,): one loss per image."""
 
-FISHER_METHODS = ("loop", "vmap")
+FisherMethod = Literal["loop", "vmap"]  # per-sample gradients: one backward per image, or torch.func.vmap
+FISHER_METHODS: tuple[FisherMethod, ...] = typing.get_args(FisherMethod)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import random
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from torch import nn
 
@@ -176,7 +177,8 @@ class RandomSelector:
         return Selection({}, {}, canonical(rng.sample(names, k)))
 
 
-SELECTORS = ("fisher", "gradnorm", "random")
+SelectorName = Literal["fisher", "gradnorm", "random"]  # gate.selector
+SELECTORS: tuple[SelectorName, ...] = typing.get_args(SelectorName)
 
 
 def make_selector(name: str, seed: int, method: str = "loop") -> Selector:

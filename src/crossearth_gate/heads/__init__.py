@@ -10,7 +10,7 @@ only when asked for.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from torch import Tensor, nn
 
@@ -29,7 +29,8 @@ def _mask2former(*args: Any, **options: Any) -> nn.Module:
                         "pip install crossearth-gate[mask2former]") from None
 
 
-HEADS: dict[str, Callable[..., nn.Module]] = {"fpn": FPNHead, "mask2former": _mask2former}
+HeadName = Literal["fpn", "mask2former"]  # model.head
+HEADS: dict[HeadName, Callable[..., nn.Module]] = {"fpn": FPNHead, "mask2former": _mask2former}
 
 
 def build_head(name: str, in_channels: int, num_levels: int, num_classes: int, channels: int,

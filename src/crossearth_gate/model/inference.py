@@ -6,9 +6,10 @@ that only one tile needs to be in memory at a time; each tile runs exactly the w
 whole-scene grid that touch its core, so tiled and whole-scene predictions agree exactly.
 """
 
+import typing
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,8 @@ from torch import Tensor
 
 from crossearth_gate.util.errors import UserError
 
-BLEND_MODES = ("gaussian", "uniform")
+BlendMode = Literal["gaussian", "uniform"]  # eval.blend: how overlapping windows are weighted
+BLEND_MODES: tuple[BlendMode, ...] = typing.get_args(BlendMode)
 _GAUSSIAN_FLOOR = 1e-3
 
 

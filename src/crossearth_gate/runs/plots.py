@@ -18,11 +18,11 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from crossearth_gate.toolbox.names import SLOT_TYPES
 from crossearth_gate.util.atomic import atomic_write
 from crossearth_gate.util.errors import UserError
 from crossearth_gate.util.labels import IGNORE_INDEX
 
-SLOT_TYPES = ("spatial", "semantic", "frequency")
 DPI = 120
 ANNOTATE_MAX_LAYERS = 24
 

@@ -14,12 +14,12 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from ..util.checks import at_least, finite, in_unit_interval, positive
 from ..util.errors import UserError
 from .adapter import ParallelAdapter
 from .frequency import FrequencyAdapter
 from .lora import LoRAQKV, QueryValueLoRA, wrap_qkv
-
-SLOT_TYPES = ("spatial", "semantic", "frequency")
+from .names import SLOT_TYPES, SlotType, parse_slot, slot_name
 
 
 class Switchboard(Protocol):
@@ -38,7 +38,7 @@ class Switchboard(Protocol):
 class ToolboxConfig:
     """Which module types get slots and how big they are; ``None`` sizes scale with the backbone width."""
 
-    types: tuple[str, ...] = SLOT_TYPES
+    types: tuple[SlotType, ...] = SLOT_TYPES
     lora_rank: int | None = None  # default width/16 (64 for ViT-L, as in the paper)
     lora_alpha: float | None = None  # default = rank (scaling 1)
     adapter_dim: int | None = None  # default width/16
@@ -55,7 +55,14 @@ class ToolboxConfig:
         self.types = tuple(self.types)
         unknown = [t for t in self.types if t not in SLOT_TYPES]
         if unknown:
-            raise UserError(f"unknown module types {unknown}; choose from {list(SLOT_TYPES)}")
+            raise UserError(f"config toolbox.types: unknown module types {unknown}; choose from {list(SLOT_TYPES)}")
+        for key in ("lora_rank", "adapter_dim", "frequency_dim"):
+            at_least(getattr(self, key), 1, f"toolbox.{key}")
+        positive(self.lora_alpha, "toolbox.lora_alpha")
+        in_unit_interval(self.frequency_cutoff, "toolbox.frequency_cutoff", open_low=True)
+        finite(self.adapter_scale, "toolbox.adapter_scale")
+        finite(self.frequency_scale_init, "toolbox.frequency_scale_init")
+        at_least(self.up_init_std, 0, "toolbox.up_init_std")
 
     def sizes(self, dim: int) -> dict[str, int]:
         return {
@@ -63,17 +70,6 @@ class ToolboxConfig:
             "adapter_dim": self.adapter_dim or max(1, dim // 16),
             "frequency_dim": self.frequency_dim or max(1, dim // 32),
         }
-
-
-def slot_name(slot_type: str, layer: int) -> str:
-    return f"{slot_type}.{layer}"
-
-
-def parse_slot(name: str) -> tuple[str, int]:
-    slot_type, _, layer = name.partition(".")
-    if slot_type not in SLOT_TYPES or not layer.isdigit():
-        raise UserError(f"bad slot name {name!r}: expected '<type>.<layer>' with type in {list(SLOT_TYPES)}")
-    return slot_type, int(layer)
 
 
 class Toolbox(nn.Module):

@@ -21,7 +21,6 @@ from ..adaptation.classmix import classmix_masks, mix, mixed_weights
 from ..adaptation.photometric import strong_augment
 from ..adaptation.protocol import check_disjoint
 from ..adaptation.pseudo import PseudoLabels, Weighted, has_data, pack_targets, pseudo_labels
-from ..adaptation.settings import ADAPTATION_METHODS, FISHER_DATA
 from ..adaptation.teacher import EMATeacher
 from ..config.schema import RunConfig
 from ..toolbox.slots import activated
@@ -230,22 +229,12 @@ class PseudoLabelledFisherData:
 
 def build_task(cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
                target_names: list[str], sample_dir: Path | None = None) -> SegmentationTask:
-    """The DG task, or the DACS task when ``train.adaptation`` asks for it (config checked here)."""
-    method, fisher = cfg.train.adaptation, cfg.gate.fisher_data
-    if method not in ADAPTATION_METHODS:
-        raise UserError(f"unknown train.adaptation {method!r}; choose one of {list(ADAPTATION_METHODS)}")
-    if fisher is not None and fisher not in FISHER_DATA:
-        raise UserError(f"unknown gate.fisher_data {fisher!r}; choose one of {list(FISHER_DATA)}")
-    if method == "none":
-        if fisher not in (None, "source"):
-            raise UserError(f"gate.fisher_data={fisher} needs pseudo-labels: set train.adaptation=dacs")
+    """The DG task, or the DACS task when ``train.adaptation`` asks for it (the config checked its values and
+    that DACS has its unlabelled images; what is left needs the files: no scored image is adapted to)."""
+    if cfg.train.adaptation == "none":
         return SegmentationTask(cfg, classes, palette, target_names, sample_dir)
-    if cfg.data.unlabelled_target is None:
-        raise UserError("train.adaptation=dacs needs data.unlabelled_target (the target images to adapt to)")
-    a = cfg.adaptation
-    if not 0 <= a.ema_alpha < 1 or not 0 <= a.confidence < 1 or a.mix_weight < 0:
-        raise UserError("adaptation: need 0 <= ema_alpha < 1, 0 <= confidence < 1 and mix_weight >= 0")
-    check_disjoint(cfg.data.unlabelled_target, cfg.data.targets, a.transductive)
+    assert cfg.data.unlabelled_target is not None  # RunConfig requires it with dacs
+    check_disjoint(cfg.data.unlabelled_target, cfg.data.targets, cfg.adaptation.transductive)
     return DACSTask(cfg, classes, palette, target_names, sample_dir)
 
 
