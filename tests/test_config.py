@@ -42,6 +42,19 @@ def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
     assert set(cfg.data.targets) == {"tile_5", "tile_6", "tile_7", "tile_8"}
 
 
+def test_exponent_notation_is_a_number_where_a_number_is_expected(tmp_path: Path) -> None:
+    """PyYAML reads ``1e-3`` (no dot) as a string; the README's own example override must still work."""
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: demo\ntrain: {weight_decay: 5e-2}\n")
+    cfg = load_config(str(child), ["train.lr=1e-3", "train.max_steps=1e2"])
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.max_steps) == (0.001, 0.05, 100)
+    assert type(cfg.train.max_steps) is int
+    with pytest.raises(UserError, match="expected int"):
+        load_config("demo", ["train.max_steps=1.5e0"])
+    with pytest.raises(UserError, match="expected float"):
+        load_config("demo", ["train.lr=1e-3x"])
+
+
 def test_round_trip_through_a_plain_dict() -> None:
     cfg = load_config("demo")
     tree = config_to_dict(cfg)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from ..toolbox.slots import ToolboxConfig
 from ..util.checks import at_least, in_unit_interval, one_of, positive, require
 from ..util.errors import UserError
 
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""A number in exponent notation, which PyYAML (YAML 1.1) leaves a string unless it has a dot."""
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DEMO_DATA = PACKAGE_DIR / "demo_data"
 PACKAGED_CONFIGS = PACKAGE_DIR / "configs"
@@ -304,6 +307,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise UserError(f"config {where}: expected true/false, got {value!r}")
         return value
     if tp in (int, float):
+        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; users write it everywhere
         if isinstance(value, bool) or not isinstance(value, int | float) or (tp is int and value != int(value)):
             raise UserError(f"config {where}: expected {tp.__name__}, got {value!r}")
         return tp(value)
