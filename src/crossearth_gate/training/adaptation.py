@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,8 +229,11 @@ class PseudoLabelledFisherData:
 
 
 def build_task(cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
-               target_names: list[str], sample_dir: Path | None = None) -> SegmentationTask:
-    """The DG task, or the DACS task when ``train.adaptation`` asks for it (config checked here)."""
+               target_names: list[str], sample_dir: Path | None = None,
+               band_kernels: Sequence[int] | None = None) -> SegmentationTask:
+    """The DG task, or the DACS task when ``train.adaptation`` asks for it (config checked here).
+
+    ``band_kernels``: the grown patch embedding of data with other channels than R, G, B (DG only)."""
     method, fisher = cfg.train.adaptation, cfg.gate.fisher_data
     if method not in ADAPTATION_METHODS:
         raise UserError(f"unknown train.adaptation {method!r}; choose one of {list(ADAPTATION_METHODS)}")
@@ -239,7 +242,10 @@ def build_task(cfg: RunConfig, classes: list[str], palette: list[tuple[int, int,
     if method == "none":
         if fisher not in (None, "source"):
             raise UserError(f"gate.fisher_data={fisher} needs pseudo-labels: set train.adaptation=dacs")
-        return SegmentationTask(cfg, classes, palette, target_names, sample_dir)
+        return SegmentationTask(cfg, classes, palette, target_names, sample_dir, band_kernels)
+    if band_kernels is not None:  # its photometric augmentation and padding test assume ImageNet-normalised RGB
+        raise UserError(f"train.adaptation={method} needs three channels in R, G, B order; this data has "
+                        f"{len(band_kernels)} channel(s) (`bands`, `rgb_bands`)")
     if cfg.data.unlabelled_target is None:
         raise UserError("train.adaptation=dacs needs data.unlabelled_target (the target images to adapt to)")
     a = cfg.adaptation
