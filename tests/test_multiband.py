@@ -200,3 +200,25 @@ def test_dacs_refuses_grown_bands(tmp_path: Path, capsys: pytest.CaptureFixture[
                     unlabelled_target={"dataset": definition, "root": str(tmp_path / "data")})
     cli(capsys, tmp_path, argv, 2, "train.adaptation=dacs needs three channels in R, G, B order")
     assert not (tmp_path / "run").exists()
+
+
+def test_checkpoints_keep_the_trained_band_kernels() -> None:
+    """The frozen backbone is left out of checkpoints, but the new bands' kernels train: a resumed run and the
+    source-selected best checkpoint must get them back, not the zeros they started at."""
+    from crossearth_gate.config.schema import load_config
+    from crossearth_gate.training.task import SegmentationTask
+
+    cfg = load_config("demo", ["model.backbone=test_vit", "model.weights=none", "data.crop_size=32"])
+    classes, palette = ["a", "b"], [(0, 0, 0), (255, 0, 0)]
+    task = SegmentationTask(cfg, classes, palette, [], band_kernels=KERNELS)
+    extra = task.model.backbone.vit.patch_embed.proj.extra
+    with torch.no_grad():
+        extra.add_(torch.randn(extra.shape, generator=torch.Generator().manual_seed(0)))
+    checkpoint = {"state_dict": task.state_dict()}
+    task.on_save_checkpoint(checkpoint)
+    saved = [k for k in checkpoint["state_dict"] if k.startswith("model.backbone.")]
+    assert saved == ["model.backbone.vit.patch_embed.proj.extra"]
+    fresh = SegmentationTask(cfg, classes, palette, [], band_kernels=KERNELS)
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])
+    assert torch.equal(fresh.model.backbone.vit.patch_embed.proj.extra, extra)
