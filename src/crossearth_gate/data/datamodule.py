@@ -47,6 +47,28 @@ def _unrepeated_sampler(dataset: SegmentationDataset) -> UnrepeatedDistributedSa
     return None
 
 
+def other_domains(targets: dict[str, DomainSpec], val: DomainSpec | None = None,
+                  unlabelled_target: DomainSpec | None = None) -> dict[str, DomainSpec]:
+    """The domains besides the source, by the role a one-line error names them with."""
+    domains = {"val": val, "unlabelled_target": unlabelled_target}
+    domains |= {f"target {name!r}": spec for name, spec in targets.items()}
+    return {role: spec for role, spec in domains.items() if spec is not None}
+
+
+def check_channels(source: DomainSpec, others: dict[str, DomainSpec]) -> tuple[int, tuple[int, int, int]]:
+    """One model reads every domain: the same channel count, with R, G, B at the same positions.
+
+    Known from the definitions alone (``bands``, ``rgb_bands``), so it is checked before any model is built."""
+    want = (source.info.channels, source.info.rgb_channels)
+    for role, spec in others.items():
+        got = (spec.info.channels, spec.info.rgb_channels)
+        if got != want:
+            raise UserError(f"{role} ({spec.name}) reads {got[0]} channel(s) with R, G, B at positions {list(got[1])} "
+                            f"but the source ({source.name}) reads {want[0]} with R, G, B at {list(want[1])}: every "
+                            "domain of a run needs the same channels (`bands`, `rgb_bands`)")
+    return want
+
+
 class SegDataModule(L.LightningDataModule):
     """Train on the labelled source, select checkpoints on source val, test on each target domain."""
 
@@ -77,6 +99,7 @@ class SegDataModule(L.LightningDataModule):
         self.eval_transform = EvalTransform(mean, std)
         self.radiometry: Radiometry = imagenet(mean, std)
         self._check_classes()
+        check_channels(source, other_domains(self.targets, val, unlabelled_target))
         self._train: SegmentationDataset | None = None
         self._val: SegmentationDataset | None = None
         self._tests: list[SegmentationDataset] = []
@@ -84,10 +107,8 @@ class SegDataModule(L.LightningDataModule):
 
     def _check_classes(self) -> None:
         """Class indices only mean the same thing across domains when the class lists are equal."""
-        domains = {"val": self.val, "unlabelled_target": self.unlabelled_target}
-        domains |= {f"target {name!r}": spec for name, spec in self.targets.items()}
-        for role, spec in domains.items():
-            if spec is not None and spec.info.classes != self.classes:
+        for role, spec in other_domains(self.targets, self.val, self.unlabelled_target).items():
+            if spec.info.classes != self.classes:
                 raise UserError(
                     f"{role} ({spec.name}: {', '.join(spec.info.classes)}) has other classes than the "
                     f"source ({self.source.name}: {', '.join(self.classes)})"
@@ -112,11 +133,12 @@ class SegDataModule(L.LightningDataModule):
     @property
     def channels(self) -> int:
         """Channels the model sees (bands picked per pixel); R, G, B are ``rgb_bands`` among them."""
-        return self.radiometry.channels
+        return self.source.info.channels
 
     @property
-    def rgb_bands(self) -> tuple[int, ...]:
-        return self.radiometry.rgb_bands
+    def rgb_bands(self) -> tuple[int, int, int]:
+        """1-based positions of R, G, B among the channels (the backbone's pretrained kernels)."""
+        return self.source.info.rgb_channels
 
     def _dataset(
         self, pairs: list[Pair], spec: DomainSpec, transform: Transform, labelled: bool = True
@@ -133,7 +155,14 @@ class SegDataModule(L.LightningDataModule):
         if not any(rasters):
             if spec.region is not None:
                 raise UserError(f"{role}: `region` needs raster images (GeoTIFF ...), {pairs[0][0]} is not one")
+            if not spec.info.plain_rgb:
+                raise UserError(f"{role}: `bands`/`rgb_bands` other than R, G, B need raster images (GeoTIFF ...), "
+                                f"{pairs[0][0]} is a JPEG/PNG read as RGB")
             return
+        if spec.info.fit_size is not None:
+            # crops are read as windows at the stored resolution: resampling a whole scene is what windows avoid
+            raise UserError(f"{role}: `fit_size` applies to JPEG/PNG images only; {pairs[0][0]} is a raster: "
+                            "resample it beforehand (e.g. gdalwarp -tr) and drop fit_size")
         if not all(rasters):
             plain = pairs[rasters.index(False)][0]
             raise UserError(f"{role} mixes raster images and JPEG/PNG ({plain}); convert one kind to the other")
@@ -170,10 +199,13 @@ class SegDataModule(L.LightningDataModule):
         if scenes is None:
             return imagenet(self.mean, self.std)
         info, first = self.source.info, scenes[0]
-        rgb = info.rgb_bands or (1, 2, 3)
+        rgb = info.rgb_channels
         mode = info.normalise
-        if mode == "auto":
-            mode = "imagenet" if first.dtype == "uint8" else "statistics"
+        if mode == "auto":  # ImageNet's statistics describe R, G, B in that order, nothing else
+            mode = "imagenet" if first.dtype == "uint8" and info.plain_rgb else "statistics"
+        if mode == "imagenet" and not info.plain_rgb:
+            raise UserError(f"dataset {info.name}.normalise: imagenet needs three channels in R, G, B order; these "
+                            f"are {info.channels} with R, G, B at {list(rgb)}: use statistics (or auto)")
         if mode == "imagenet":
             return Radiometry("imagenet", tuple(self.mean), tuple(self.std), 255.0, tuple(first.bands), info.nodata,
                               tuple(rgb))

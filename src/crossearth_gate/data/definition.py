@@ -104,6 +104,22 @@ class DatasetInfo:
         return len(self.classes)
 
     @property
+    def channels(self) -> int:
+        """Channels the model sees: the picked bands (a file read without `bands` gives R, G, B or 1, 1, 1)."""
+        return 3 if self.bands is None else len(self.bands)
+
+    @property
+    def rgb_channels(self) -> tuple[int, int, int]:
+        """1-based positions among the channels that take the backbone's pretrained R, G, B kernels."""
+        r, g, b = self.rgb_bands or (1, 2, 3)
+        return r, g, b
+
+    @property
+    def plain_rgb(self) -> bool:
+        """Three channels in R, G, B order: the backbone's own embedding, today's model."""
+        return self.channels == 3 and self.rgb_channels == (1, 2, 3)
+
+    @property
     def reduce_zero_label(self) -> bool:
         """mmseg's convention (0 = ignore, class k stored as k + 1), as the named presets write it."""
         return 0 in self.ignored and self.value_to_label.get(1) == 0
@@ -144,11 +160,17 @@ def _suffix_of(pattern: str, where: str) -> str:
 def _check_bands(d: DatasetDef, where: str) -> None:
     if d.bands is not None and (not d.bands or min(d.bands) < 1):
         raise UserError(f"dataset {where}.bands: 1-based band numbers, got {d.bands}")
-    channels = len(d.bands) if d.bands is not None else None
+    if d.bands is not None and len(d.bands) < 3:
+        # the backbone's pretrained kernels take R, G and B: fewer channels are repeated into three
+        raise UserError(f"dataset {where}.bands: {len(d.bands)} channel(s) {d.bands}; give at least three, "
+                        f"repeating a band if need be, e.g. [1, 1, 1] or [1, 2, 1]")
+    channels = len(d.bands) if d.bands is not None else 3
     if d.rgb_bands is not None:
-        ok = len(d.rgb_bands) == 3 and min(d.rgb_bands) >= 1 and (channels is None or max(d.rgb_bands) <= channels)
+        ok = (len(d.rgb_bands) == 3 and len(set(d.rgb_bands)) == 3 and min(d.rgb_bands) >= 1
+              and max(d.rgb_bands) <= channels)
         if not ok:
-            raise UserError(f"dataset {where}.rgb_bands: three 1-based positions in `bands`, got {d.rgb_bands}")
+            raise UserError(f"dataset {where}.rgb_bands: three different 1-based positions in `bands` "
+                            f"(1..{channels}), got {d.rgb_bands}")
 
 
 def resolve(d: DatasetDef) -> DatasetInfo:

@@ -23,6 +23,7 @@ from crossearth_gate.util.errors import UserError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STATS_SIDE = 1024
+DISPLAY_PERCENTILES = (2.0, 98.0)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,24 @@ class Radiometry:
         return cls(raw["mode"], tuple(raw["mean"]), tuple(raw["std"]), float(raw["divisor"]),
                    None if raw.get("bands") is None else tuple(raw["bands"]), raw.get("nodata"),
                    tuple(raw.get("rgb_bands") or (1, 2, 3)))
+
+
+def display_rgb(image: torch.Tensor, radiometry: Radiometry) -> np.ndarray:
+    """A normalised (C, H, W) image as displayable HxWx3 uint8: its R, G, B channels, as a person would see them.
+
+    ImageNet-normalised 8-bit data goes back to its own pixels. Standardised data (any dtype, any band
+    count) has no display range of its own: its R, G, B channels are stretched from their 2nd to 98th
+    percentile, the usual look of a multispectral scene (linear, so raw and normalised values stretch alike).
+    """
+    if radiometry.mode == "imagenet":
+        m = torch.tensor(radiometry.mean, device=image.device).view(-1, 1, 1)
+        s = torch.tensor(radiometry.std, device=image.device).view(-1, 1, 1)
+        rgb = ((image * s + m).clamp(0, 1) * 255).round().byte()
+        return rgb.permute(1, 2, 0).cpu().numpy()
+    picked = image.detach()[[c - 1 for c in radiometry.rgb_bands]].float().cpu().numpy().astype(np.float64)
+    low, high = np.percentile(picked.reshape(3, -1), DISPLAY_PERCENTILES, axis=1)
+    scaled = (picked - low[:, None, None]) / np.maximum(high - low, 1e-12)[:, None, None]
+    return np.ascontiguousarray((np.clip(scaled, 0.0, 1.0) * 255).round().astype(np.uint8).transpose(1, 2, 0))
 
 
 def imagenet(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,

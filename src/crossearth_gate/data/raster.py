@@ -22,7 +22,6 @@ from rasterio.transform import Affine
 from crossearth_gate.util.errors import UserError
 
 PLAIN_SUFFIXES = (".jpg", ".jpeg", ".png")
-MAX_CHANNELS = 3  # the grown patch embedding (model/bands.py) is not yet fed from a dataset definition
 _SCHEME = re.compile(r"^(/vsi\w+/)(https?|ftp|s3|gs):/(?!/)")
 
 
@@ -105,13 +104,11 @@ def resolve_bands(bands: tuple[int, ...] | list[int] | None, count: int, path: s
             return [1, 2, 3]
         if count == 1:
             return [1, 1, 1]
-        raise UserError(f"{path}: has {count} bands; choose them with `bands` (e.g. [3, 2, 1] or [1, 1, 1])")
+        raise UserError(f"{path}: has {count} bands; choose them with `bands` (e.g. [3, 2, 1], [1, 1, 1] or "
+                        "[3, 2, 1, 4] with rgb_bands)")
     missing = [b for b in bands if b > count or b < 1]
     if missing:
         raise UserError(f"{path}: band {missing[0]} asked for but the file has {count} band(s)")
-    if len(bands) > MAX_CHANNELS:
-        raise UserError(f"{path}: {len(bands)} channels: fit trains on at most 3 bands from a dataset definition "
-                        "for now; pick 3, e.g. bands: [3, 2, 1]")
     return list(bands)
 
 

@@ -72,9 +72,14 @@ def deployable(model: Segmentor) -> tuple[Segmentor, list[str], list[str]]:
     return merged, merged.toolbox.active_slots(), folded
 
 
+def input_channels(model: Segmentor) -> int:
+    """The channels the model's patch embedding reads: 3, or the data's when it was grown (model/bands.py)."""
+    return int(model.backbone.vit.patch_embed.proj.in_channels)
+
+
 def onnx_bytes(model: Segmentor, window: int) -> bytes:
     """The traced graph (batch dimension dynamic, window fixed), serialised."""
-    example = torch.zeros(1, 3, window, window)
+    example = torch.zeros(1, input_channels(model), window, window)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on shapes it fixes: the window is fixed on purpose
@@ -94,7 +99,7 @@ def export_onnx(model_path: Path, out: Path, window: int | None = None, weights:
     size = check_window(spec.img_size if window is None else window, model.backbone.patch_size)
     merged, graph_slots, folded = deployable(model)
     proto = onnx.load_from_string(onnx_bytes(merged, size))
-    for key, value in metadata_of(spec, size, graph_slots, folded).items():
+    for key, value in metadata_of(spec, size, graph_slots, folded, input_channels(merged)).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     atomic_write(out, lambda tmp: onnx.save(proto, tmp))

@@ -28,7 +28,7 @@ def session_options(threads: int | None = None, optimise: bool = True) -> Any:
 
 
 class OnnxRunner:
-    """(B, 3, window, window) normalised float32 → (B, classes, window, window) logits on the CPU."""
+    """(B, C, window, window) normalised float32 → (B, classes, window, window) logits on the CPU."""
 
     def __init__(self, path: Path, threads: int | None = None, optimise: bool = True):
         ort = require("onnxruntime")

@@ -79,7 +79,7 @@ def sliding_window_logits(
     batch_size: int = 4,
     blend: str = "gaussian",
 ) -> Tensor:
-    """Blended (C, H, W) float32 logits of `image` ((3, H, W) or (1, 3, H, W)) from windowed `forward` calls.
+    """Blended (C, H, W) float32 logits of `image` ((C, H, W) or (1, C, H, W)) from windowed `forward` calls.
 
     Windows follow the `window_starts` grid of the whole image; dimensions smaller than the window are
     zero-padded at the bottom/right and cropped back.

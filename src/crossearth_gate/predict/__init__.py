@@ -13,6 +13,8 @@ statistics: uint8 bands are used as they are; any other dtype is first scaled pe
 percentile stretch to 0..255 (also what overlays show). The percentiles are computed ONCE per
 scene from a decimated overview read (at most ``STATS_SIDE`` pixels a side, nodata excluded), so
 every tile is scaled identically and tile seams cannot come from per-tile statistics.
+A model trained on more than three bands (``ModelSpec.band_kernels``) reads one band per channel, in the
+trained order; its overlay shows the channels it takes as R, G, B.
 """
 
 from .cli import predict_cli

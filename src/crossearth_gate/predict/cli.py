@@ -43,11 +43,11 @@ def _predict_job(predictor: Predictor, job: Job, args: argparse.Namespace, bands
 
 def predict_cli(args: argparse.Namespace) -> None:
     """Validate every argument and input first, then predict input by input."""
-    bands = parse_bands(args.bands)
     if args.tile < 1 or args.batch_size < 1:
         raise UserError(f"--tile ({args.tile}) and --batch-size ({args.batch_size}) must be positive")
     jobs = collect_jobs(args.inputs, args.out)
     predictor = load_predictor(args)  # a saved run or an ONNX export: both carry the spec and its radiometry
+    bands = parse_bands(args.bands, predictor.channels)  # one band per channel the model reads
     radiometry = predictor.spec.radiometry
     check_geotiffs(jobs, bands, None if radiometry is None or radiometry.get("bands") is None
                    else list(radiometry["bands"]))

@@ -94,7 +94,8 @@ def predict_geotiff(predictor: Predictor, job: Job, bands_arg: list[int] | None,
     """Tile-by-tile prediction into ``<stem>_pred.tif``, written to a temporary file and renamed."""
     with _raster_errors(job.source), rasterio.open(job.source) as src:
         bands = resolve_bands(bands_arg, src.count, job.source, predictor.trained_bands)
-        stretch = scene_stretch(src, bands)  # statistics models ignore it (only the overlay shows it)
+        shown = predictor.display_bands(bands)  # the overlay's R, G, B: all a 3-channel model reads
+        stretch = scene_stretch(src, shown)  # statistics models ignore it (only the overlay shows it)
         tiles = list(iter_tiles(src.height, src.width, tile_size, predictor.window, predictor.stride))
         total = sum(len(t.row_starts) * len(t.col_starts) for t in tiles)
         task = progress.add_task(job.source.name, total=total)
@@ -117,7 +118,7 @@ def predict_geotiff(predictor: Predictor, job: Job, bands_arg: list[int] | None,
                     dst.close()
 
         path = atomic_write(out, write, verify=lambda tmp: _verify_raster(tmp, out))
-    return path, stretch, bands
+    return path, stretch, shown
 
 
 @contextmanager

@@ -73,16 +73,21 @@ def _refuse_overwriting_inputs(jobs: list[Job]) -> None:
                 raise UserError(f"the output of {job.source} would overwrite the input {output}: give another --out")
 
 
-def parse_bands(text: str | None) -> list[int] | None:
-    """``"3,2,1"`` → [3, 2, 1]: exactly three 1-based band numbers, repeats allowed."""
+COUNTS = {3: "three", 4: "four", 5: "five", 6: "six"}
+
+
+def parse_bands(text: str | None, channels: int = 3) -> list[int] | None:
+    """``"3,2,1"`` → [3, 2, 1]: one 1-based band number per channel the model reads, repeats allowed."""
     if text is None:
         return None
     try:
         bands = [int(part) for part in text.split(",")]
     except ValueError:
         bands = []
-    if len(bands) != 3 or min(bands) < 1:
-        raise UserError(f"--bands {text!r}: expected three comma-separated 1-based band numbers, e.g. 3,2,1 or 1,1,1")
+    if len(bands) != channels or min(bands) < 1:
+        example = "3,2,1 or 1,1,1" if channels == 3 else ",".join(str(b) for b in range(1, channels + 1))
+        raise UserError(f"--bands {text!r}: expected {COUNTS.get(channels, channels)} comma-separated 1-based band "
+                        f"numbers (the model reads {channels} channels), e.g. {example}")
     return bands
 
 

@@ -24,7 +24,7 @@ Advance = Callable[[int], None]
 
 
 class Runner(Protocol):
-    """What both runners implement: a (B, 3, window, window) normalised batch → (B, classes, window, window)
+    """What both runners implement: a (B, C, window, window) normalised batch → (B, classes, window, window)
     logits. A PyTorch ``Segmentor`` is one; ``export.runtime.OnnxRunner`` is the other."""
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
@@ -51,6 +51,15 @@ class Predictor:
         if self.spec.radiometry is None:
             return imagenet(self.spec.mean, self.spec.std)
         return Radiometry.from_dict(self.spec.radiometry)
+
+    @property
+    def channels(self) -> int:
+        """Input channels the model reads: one per ``band_kernels`` entry (a grown embedding), else R, G, B."""
+        return 3 if self.spec.band_kernels is None else len(self.spec.band_kernels)
+
+    def display_bands(self, bands: list[int]) -> list[int]:
+        """Of the bands read for the model, the ones shown as R, G, B (the model's own R, G, B channels)."""
+        return [bands[c - 1] for c in self.radiometry.rgb_bands]
 
     @property
     def trained_bands(self) -> list[int] | None:

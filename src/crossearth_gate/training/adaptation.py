@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,11 +228,17 @@ class PseudoLabelledFisherData:
 
 
 def build_task(cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
-               target_names: list[str], sample_dir: Path | None = None) -> SegmentationTask:
+               target_names: list[str], sample_dir: Path | None = None,
+               band_kernels: Sequence[int] | None = None) -> SegmentationTask:
     """The DG task, or the DACS task when ``train.adaptation`` asks for it (the config checked its values and
-    that DACS has its unlabelled images; what is left needs the files: no scored image is adapted to)."""
+    that DACS has its unlabelled images; what is left needs the files: no scored image is adapted to).
+
+    ``band_kernels``: the grown patch embedding of data with other channels than R, G, B (DG only)."""
     if cfg.train.adaptation == "none":
-        return SegmentationTask(cfg, classes, palette, target_names, sample_dir)
+        return SegmentationTask(cfg, classes, palette, target_names, sample_dir, band_kernels)
+    if band_kernels is not None:  # its photometric augmentation and padding test assume ImageNet-normalised RGB
+        raise UserError(f"train.adaptation={cfg.train.adaptation} needs three channels in R, G, B order; this "
+                        f"data has {len(band_kernels)} channel(s) (`bands`, `rgb_bands`)")
     assert cfg.data.unlabelled_target is not None  # RunConfig requires it with dacs
     check_disjoint(cfg.data.unlabelled_target, cfg.data.targets, cfg.adaptation.transductive)
     return DACSTask(cfg, classes, palette, target_names, sample_dir)

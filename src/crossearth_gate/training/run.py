@@ -15,6 +15,7 @@ from ..data import SegDataModule
 from ..data.catalog import PRESETS
 from ..model.artefacts import TRAINABLE_FILE, save_trainable, spec_of
 from ..model.backbone import BackboneInfo
+from ..model.bands import band_state
 from ..util.atomic import atomic_write_json, atomic_write_text
 from . import run_dir as run_folder
 from .adaptation import build_task, prepare_adaptation, write_adaptation_figures
@@ -25,7 +26,7 @@ from .gate_callback import GateCallback
 from .held_writes import HeldModelCheckpoint, HeldWrites
 from .progress import StepProgressBar
 from .resume import LastCheckpoint, RandomStates
-from .task import SOURCE_VAL, SegmentationTask
+from .task import SOURCE_VAL, SegmentationTask, input_kernels
 from .timing import StepTimer
 
 
@@ -112,10 +113,12 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     info = cfg.data.source.info
     validate = cfg.data.val is not None or cfg.data.val_fraction > 0
     domains = [SOURCE_VAL, *cfg.data.targets] if validate else list(cfg.data.targets)
-    task = build_task(cfg, list(info.classes), list(info.palette), domains, run_dir / "samples")
+    kernels = input_kernels(cfg)  # channels other than R, G, B grow the patch embedding (model/bands.py)
+    task = build_task(cfg, list(info.classes), list(info.palette), domains, run_dir / "samples", kernels)
     backbone = task.model.backbone.info
     datamodule = build_datamodule(cfg, backbone.mean, backbone.std)
     datamodule.setup("fit")
+    task.radiometry = datamodule.radiometry  # sample overlays show the data as it was read
     fisher_data = prepare_adaptation(cfg, task, datamodule)  # None without train.adaptation
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed model or data set-up leaves no empty run
     held = HeldWrites(run_dir, held=start.checkpoint is not None and not start.finished)  # see held_writes.py
@@ -168,9 +171,12 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
     per_slot = toolbox.slot_param_counts()
     head = sum(p.numel() for p in model.head.parameters())
     trained_slots = sorted(gate_cb.ever_active) if gate_cb else toolbox.active_slots()
+    bands = sum(v.numel() for v in band_state(model.backbone.vit, "").values())  # new bands' kernels always train
     trainable = head + sum(per_slot[s] for s in trained_slots)
     if model.backbone.finetune:
         trainable += sum(p.numel() for p in model.backbone.parameters())
+    else:
+        trainable += bands
     total = sum(p.numel() for p in model.parameters())
     mode = run_mode(cfg)
     metrics = {
@@ -179,7 +185,8 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
             "trainable": trainable,
             "total": total,
             "head": head,
-            "active_at_end": head + sum(per_slot[s] for s in toolbox.active_slots()),
+            "bands": bands,
+            "active_at_end": head + bands + sum(per_slot[s] for s in toolbox.active_slots()),
             "per_slot": per_slot,
         },
         "backbone": {"name": model.backbone.info.name, "weights": _weights_record(model.backbone.info)},

@@ -12,7 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from ..config.schema import RunConfig
+from ..data.datamodule import check_channels, other_domains
+from ..data.radiometry import Radiometry, display_rgb
 from ..model.artefacts import build_seeded_backbone
+from ..model.bands import band_state, kernel_map
 from ..model.inference import sliding_window_logits
 from ..model.segmentor import Segmentor
 from ..util.errors import UserError
@@ -21,6 +24,16 @@ from .metrics import SegMetrics
 from .schedule import warmup_poly
 
 SOURCE_VAL = "source_val"
+
+
+def input_kernels(cfg: RunConfig) -> tuple[int, ...] | None:
+    """The patch embedding the run's data needs, from its dataset definitions alone (before any file is read):
+    None for R, G, B in that order (the backbone's own), else every channel's kernel (model/bands.py)."""
+    d = cfg.data
+    channels, rgb = check_channels(d.source, other_domains(d.targets, d.val, d.unlabelled_target))
+    if d.source.info.plain_rgb:
+        return None
+    return kernel_map(channels, [c - 1 for c in rgb])
 
 
 def build_segmentor(cfg: RunConfig, num_classes: int, band_kernels: Sequence[int] | None = None) -> Segmentor:
@@ -37,7 +50,10 @@ class SegmentationTask(L.LightningModule):
     """Trains head + toolbox on the source; evaluates each named domain with one confusion matrix."""
 
     def __init__(self, cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
-                 target_names: list[str], sample_dir: Path | None = None):
+                 target_names: list[str], sample_dir: Path | None = None,
+                 band_kernels: Sequence[int] | None = None):
+        """``band_kernels``: the grown patch embedding of data with other channels than R, G, B
+        (``input_kernels``); None: the backbone's own."""
         super().__init__()
         self.cfg = cfg
         self.classes = list(classes)
@@ -47,13 +63,14 @@ class SegmentationTask(L.LightningModule):
         if weights is not None and (len(weights) != len(classes) or min(weights) < 0 or max(weights) <= 0):
             raise UserError(f"config train.class_weights: one weight >= 0 per class ({len(classes)}: "
                             f"{', '.join(classes)}), not all 0, got {weights}")
-        self.model = build_segmentor(cfg, len(classes))
+        self.model = build_segmentor(cfg, len(classes), band_kernels)
         if not self.cfg.toolbox.types:
             self.model.toolbox.set_active([])
         self.val_metrics = SegMetrics(len(classes), self.classes)
         self.test_metrics = nn.ModuleList(SegMetrics(len(classes), self.classes) for _ in target_names)
         self.test_results: dict[str, dict[str, Any]] = {}
         self.sample_dir = sample_dir  # where the test writes a few predictions per domain (None: nowhere)
+        self.radiometry: Radiometry | None = None  # the data's, for showing samples (None: the backbone's ImageNet)
         self._samples_saved: dict[int, int] = {}
 
     # ---------------------------------------------------------------- forward / evaluation
@@ -139,7 +156,10 @@ class SegmentationTask(L.LightningModule):
             done = self._samples_saved.get(dataloader_idx, 0)
             if done >= limit:
                 return
-            rgb = denormalize(image, self.model.backbone.info.mean, self.model.backbone.info.std)
+            if self.radiometry is None:
+                rgb = denormalize(image, self.model.backbone.info.mean, self.model.backbone.info.std)
+            else:
+                rgb = display_rgb(image, self.radiometry)
             picture = overlay(rgb, pred.cpu().numpy().astype(np.uint8), self.palette)
             path = self.sample_dir / f"{self.target_names[dataloader_idx]}_{done}.png"
             atomic_write(path, lambda tmp, pic=picture: Image.fromarray(pic).save(tmp, format="PNG"))
@@ -150,7 +170,8 @@ class SegmentationTask(L.LightningModule):
         checkpoint["active_slots"] = self.model.toolbox.active_slots()
         if not self.model.backbone.finetune:
             state = checkpoint["state_dict"]
-            for key in [k for k in state if k.startswith("model.backbone.")]:
+            trained = set(band_state(self.model.backbone.vit, "model.backbone.vit."))  # new bands' kernels train
+            for key in [k for k in state if k.startswith("model.backbone.") and k not in trained]:
                 del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
