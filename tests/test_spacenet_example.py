@@ -19,7 +19,7 @@ import rasterio
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 SCENE = SHARED_DATA / "spacenet-geotiff" / "sample_geotiff.tif"
-TINY = ["model.weights=none", "model.backbone_kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
+TINY = ["model.weights=none", "model.backbone_kwargs={embed_dim: 32, depth: 4, num_heads: 2}",
         "model.head_channels=16", "data.crop_size=112", "data.batch_size=2", "train.max_steps=2",
         "train.val_every=2", "train.warmup_steps=0", "eval.window=224", "eval.stride=224",
         "eval.samples_per_domain=0"]
