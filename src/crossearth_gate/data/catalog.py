@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob as globbing
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -255,9 +255,7 @@ def _polygon_pairs(listed: list[Pair], info: DatasetInfo, root: Path) -> list[Pa
 
     p = info.polygons
     assert p is not None
-    spec = vector.PolygonLabels(str(_as_path(p.path, root)), p.class_attribute, p.layer,
-                                tuple(p.order) if p.order else None, p.fill,
-                                None if p.values is None else {str(k): v for k, v in p.values.items()})
+    spec = replace(p, path=str(_as_path(p.path, root)))
     cache = cache_dir("labels")  # $CEG_CACHE_DIR/labels, else ~/.cache/crossearth-gate/labels
     return [(image, vector.rasterize_labels(spec, info.classes, image, cache)) for image, _ in listed]
 
