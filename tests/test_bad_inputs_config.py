@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import TINY, cli, fit_argv
 from crossearth_gate.config.schema import load_config
 from crossearth_gate.config.validation import check_runtime
 from crossearth_gate.util.errors import UserError
+from support.bad_inputs import cli
+from support.cli import fit_argv
+from support.tiny import TINY
 
 # (override, what the one line must name); each is refused before anything is written
 BAD_OVERRIDES = [

@@ -8,6 +8,7 @@ import pytest
 
 from crossearth_gate.config.schema import DEMO_DATA, RunConfig, config_to_dict, load_config
 from crossearth_gate.util.errors import UserError
+from support.paths import REPO
 
 
 def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
@@ -57,7 +58,7 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
         load_config(str(bad))
 
 
-RUN_CONFIGS = [path for path in sorted(Path(__file__).resolve().parents[1].glob("configs/**/[!_]*.yaml"))
+RUN_CONFIGS = [path for path in sorted(REPO.glob("configs/**/[!_]*.yaml"))
                if path.parent.name != "studies"]  # study files have their own schema (tests/test_study.py)
 
 

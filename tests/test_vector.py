@@ -18,7 +18,7 @@ from crossearth_gate.data import vector
 from crossearth_gate.data.definition import LabelDef, PolygonLabels
 from crossearth_gate.data.vector import GEO_EXTRA, rasterize_labels
 from crossearth_gate.util.errors import UserError
-from helpers import SHARED_DATA
+from support.paths import SHARED_DATA
 
 pyogrio = pytest.importorskip("pyogrio")
 shapely = pytest.importorskip("shapely")
