@@ -4,9 +4,7 @@ checkpoint and come back, and a killed DA run continues exactly."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,15 +16,15 @@ from crossearth_gate.cli import main
 from crossearth_gate.config.schema import DEMO_DATA, load_config
 from crossearth_gate.data.catalog import get_dataset_info
 from crossearth_gate.training.adaptation import DACSTask
+from support.cli import cli_env
 from support.paths import BENCHMARKS
 from support.runs import (
     RESUME_SETTINGS,
     assert_same,
     checkpoint_step,
     outcome,
-    resume_command,
+    resume_fit,
     run_killed,
-    same_threads_env,
 )
 from support.tiny import TINY, tiny_run
 
@@ -169,8 +167,7 @@ def test_killed_da_run_resumes_exactly(maskless_root: Path, tmp_path: Path) -> N
     killed = tmp_path / "killed"
     run_killed(killed, extra, after_step=4)
     assert checkpoint_step(killed / "checkpoints" / "last.ckpt") is not None
-    proc = subprocess.run(resume_command(killed, extra), env=same_threads_env(), capture_output=True, text=True,
-                          timeout=300)
+    proc = resume_fit(killed, extra, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming" in proc.stderr
     assert_same(outcome(reference), outcome(killed))
@@ -196,12 +193,12 @@ def test_killed_two_process_da_run_resumes_exactly(maskless_root: Path, tmp_path
     """Under DDP each rank draws its own target images and crops; every rank's stream comes back on resume."""
     ddp = ["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu"]  # the Fisher gate on pseudo-labels
     extra = [*da_overrides(maskless_root), "gate.every=3", *ddp]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cli_env()  # one thread per rank
     reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
-    first = subprocess.run(resume_command(reference, extra), env=env, capture_output=True, text=True, timeout=600)
+    first = resume_fit(reference, extra, env)
     assert first.returncode == 0, first.stderr[-2000:]
     run_killed(killed, extra, after_step=4, env=env)
-    resumed = subprocess.run(resume_command(killed, extra), env=env, capture_output=True, text=True, timeout=600)
+    resumed = resume_fit(killed, extra, env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stderr
     assert_same(outcome(reference), outcome(killed))

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from crossearth_gate.config.schema import DEMO_DATA
-from support.cli import cli_command
+from support.cli import cli_command, run_cli
 from support.tiny import tiny_run
 
 RESUME_SETTINGS = tiny_run("resume")
@@ -25,6 +25,13 @@ RESUME_SETTINGS = tiny_run("resume")
 def resume_command(out: Path, extra: list[str]) -> list[str]:
     """The child-process ``fit`` of an exact-resume test (the same command for the first start and the resume)."""
     return cli_command("fit", "--config", "demo", "--out", out, *RESUME_SETTINGS, *extra)
+
+
+def resume_fit(out: Path, extra: list[str], env: dict[str, str] | None = None,
+               timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """That fit run to its end in a child process, with this process's thread count unless ``env`` says else."""
+    return run_cli("fit", "--config", "demo", "--out", out, *RESUME_SETTINGS, *extra, env=env or same_threads_env(),
+                   timeout=timeout)
 
 
 def checkpoint_step(path: Path) -> int | None:
