@@ -20,7 +20,8 @@ import numpy as np
 import rasterio
 from PIL import Image
 
-from crossearth_gate.data.vector import PolygonLabels, rasterize_labels
+from crossearth_gate.data.definition import PolygonLabels
+from crossearth_gate.data.vector import rasterize_labels
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

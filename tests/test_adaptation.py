@@ -4,7 +4,6 @@ the gate's Fisher on pseudo-labels by brute force, the target stream's state, ho
 from __future__ import annotations
 
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,7 +32,8 @@ from crossearth_gate.training.adaptation import (
 from crossearth_gate.training.gate_callback import GateCallback
 from crossearth_gate.training.task import SegmentationTask
 from crossearth_gate.util.errors import UserError
-from helpers import tiny_backbone
+from support.models import tiny_backbone
+from support.paths import BENCHMARKS
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLASSES = 3
@@ -450,7 +450,7 @@ def test_without_adaptation_the_task_is_the_plain_one(monkeypatch: pytest.Monkey
 
 
 def test_paper_da_benchmarks_adapt_on_target_train_and_score_target_val() -> None:
-    root = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
+    root = BENCHMARKS
     for name in ("p2v", "v2p", "r2u", "u2r"):
         cfg = load_config(str(root / f"{name}.yaml"))
         assert cfg.train.adaptation == "dacs" and cfg.gate.every == 50, name

@@ -4,9 +4,7 @@ checkpoint and come back, and a killed DA run continues exactly."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,18 +16,31 @@ from crossearth_gate.cli import main
 from crossearth_gate.config.schema import DEMO_DATA, load_config
 from crossearth_gate.data.catalog import get_dataset_info
 from crossearth_gate.training.adaptation import DACSTask
-from test_cli_e2e import TINY
+from support.cli import cli_env
+from support.paths import BENCHMARKS
+from support.runs import (
+    RESUME_SETTINGS,
+    assert_same,
+    checkpoint_step,
+    outcome,
+    resume_fit,
+    run_killed,
+)
+from support.tiny import TINY, tiny_run
 
 
-def da_settings(root: Path) -> list[str]:
-    """Source tile 1, scored tile 5, unlabelled tiles 6 and 7 (from ``root``)."""
+def da_overrides(root: Path) -> list[str]:
+    """Source tile 1, scored tile 5, unlabelled tiles 6 and 7 (from ``root``), on top of a demo run."""
     return [
-        *TINY,
         f"data.targets={{tile_5: {{dataset: dubai, root: '{root}', tiles: [5]}}}}",
         f"data.unlabelled_target={{dataset: dubai, root: '{root}', tiles: [6, 7]}}",
         "train.adaptation=dacs",
         "train.log_every=1",
     ]
+
+
+def da_settings(root: Path) -> list[str]:
+    return [*TINY, *da_overrides(root)]
 
 
 @pytest.fixture(scope="module")
@@ -150,34 +161,26 @@ def test_a_stream_saved_by_other_ranks_or_before_sharding_resumes(make_task: Cal
 
 @pytest.mark.slow
 def test_killed_da_run_resumes_exactly(maskless_root: Path, tmp_path: Path) -> None:
-    from test_resume import SETTINGS, assert_same, checkpoint_step, command, outcome, run_killed, same_threads_env
-
-    extra = [*da_settings(maskless_root)[len(TINY):], "gate.every=3"]
+    extra = [*da_overrides(maskless_root), "gate.every=3"]
     reference = tmp_path / "uninterrupted"
-    assert main(["fit", "--config", "demo", "--out", str(reference), *SETTINGS, *extra]) == 0
+    assert main(["fit", "--config", "demo", "--out", str(reference), *RESUME_SETTINGS, *extra]) == 0
     killed = tmp_path / "killed"
     run_killed(killed, extra, after_step=4)
     assert checkpoint_step(killed / "checkpoints" / "last.ckpt") is not None
-    proc = subprocess.run(command(killed, extra), env=same_threads_env(), capture_output=True, text=True, timeout=300)
+    proc = resume_fit(killed, extra, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming" in proc.stderr
     assert_same(outcome(reference), outcome(killed))
 
 
-def test_a_da_config_trains_with_its_own_mask2former_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_da_config_trains_with_its_own_mask2former_head(benchmark_data: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """P2V as shipped (DACS, Mask2Former shrunk): matched losses on source and mixed images, Fisher on target."""
     pytest.importorskip("transformers")
-    from benchmark_fixtures import write_benchmark_tree
-    from test_benchmark_configs import BENCHMARKS
-    from test_benchmark_configs import TINY as BENCH_TINY
-
-    monkeypatch.setenv("CEG_DATA", str(write_benchmark_tree(tmp_path / "data")))
-    tiny_m2f = ("model.head_kwargs={num_queries: 6, decoder_layers: 3, encoder_layers: 1, num_attention_heads: 2, "
-                "dim_feedforward: 32, encoder_feedforward_dim: 32, train_num_points: 256}")
-    overrides = [o for o in BENCH_TINY if not o.startswith(("model.head=", "model.head_channels="))]
+    monkeypatch.setenv("CEG_DATA", str(benchmark_data))
     out = tmp_path / "run"
-    assert main(["fit", "--config", str(BENCHMARKS / "p2v.yaml"), "--out", str(out), *overrides,
-                 "model.head_channels=32", tiny_m2f, "train.log_every=1"]) == 0
+    assert main(["fit", "--config", str(BENCHMARKS / "p2v.yaml"), "--out", str(out),
+                 *tiny_run("benchmark_mask2former"), "train.log_every=1"]) == 0
     gates = json.loads((out / "gates.json").read_text())
     assert [s["data"] for s in gates["selections"]] == ["target"]
     header = (out / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -185,18 +188,17 @@ def test_a_da_config_trains_with_its_own_mask2former_head(tmp_path: Path, monkey
 
 
 @pytest.mark.slow
+@pytest.mark.ddp
 def test_killed_two_process_da_run_resumes_exactly(maskless_root: Path, tmp_path: Path) -> None:
     """Under DDP each rank draws its own target images and crops; every rank's stream comes back on resume."""
-    from test_resume import assert_same, command, outcome, run_killed
-
     ddp = ["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu"]  # the Fisher gate on pseudo-labels
-    extra = [*da_settings(maskless_root)[len(TINY):], "gate.every=3", *ddp]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    extra = [*da_overrides(maskless_root), "gate.every=3", *ddp]
+    env = cli_env()  # one thread per rank
     reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
-    first = subprocess.run(command(reference, extra), env=env, capture_output=True, text=True, timeout=600)
+    first = resume_fit(reference, extra, env)
     assert first.returncode == 0, first.stderr[-2000:]
     run_killed(killed, extra, after_step=4, env=env)
-    resumed = subprocess.run(command(killed, extra), env=env, capture_output=True, text=True, timeout=600)
+    resumed = resume_fit(killed, extra, env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stderr
     assert_same(outcome(reference), outcome(killed))

@@ -16,7 +16,7 @@ from crossearth_gate.model.backbone import FrozenViT, build_backbone, default_ou
 from crossearth_gate.util.errors import UserError
 from crossearth_gate.weights import load_checkpoint, read_state_dict
 from crossearth_gate.weights.official import official_to_timm
-from helpers import TINY_WIDTH, images, info_of, tiny_backbone, tiny_timm_vit
+from support.models import TINY_WIDTH, images, info_of, tiny_backbone, tiny_timm_vit
 
 OFFICIAL_GRID = 37  # DINOv2 checkpoints carry position embeddings for 518×518 inputs (37×37 patches)
 

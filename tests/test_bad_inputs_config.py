@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import TINY, cli, cli_subprocess, error_line, fit_argv
 from crossearth_gate.config.schema import load_config
 from crossearth_gate.config.validation import check_runtime
 from crossearth_gate.util.errors import UserError
+from support.bad_inputs import cli, error_line
+from support.cli import fit_argv, run_cli
+from support.tiny import TINY
 
 # (override, what the one line must name); each is refused before anything is written
 BAD_OVERRIDES = [
@@ -137,7 +139,7 @@ def test_bad_config_file(case: str, tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_a_config_without_base_or_source_is_one_line_from_the_console_entry_point(tmp_path: Path) -> None:
     """Neither ``_base_`` nor ``data.source``: the real ``python -m crossearth_gate.cli`` exits 2 with one line."""
     _write(tmp_path / "bare.yaml", "name: bare\ntrain: {max_steps: 2}\n")
-    done = cli_subprocess(["fit", "--config", "bare.yaml", "--out", "run"], tmp_path)
+    done = run_cli("fit", "--config", "bare.yaml", "--out", "run", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     error_line(done.stderr, "data.source", "_base_")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.yaml"], "nothing written"

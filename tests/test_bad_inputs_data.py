@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_inputs import DEMO, cli, fit_argv
+from support.bad_inputs import cli
+from support.cli import fit_argv
+from support.paths import DEMO
 
 FIRST = "image_part_001"
 

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from bad_inputs import ERROR, TINY, cli_subprocess, rgb_png, tiny_model
 from crossearth_gate.cli import main
-from test_bad_inputs_predict import geotiff
+from support.bad_inputs import ERROR
+from support.cli import run_cli
+from support.models import saved_tiny_model
+from support.rasters import rgb_png, write_raster
+from support.tiny import TINY
 
 
 def digest(path: Path) -> str:
@@ -52,32 +55,32 @@ def no_temporary_files(folder: Path) -> None:
 @pytest.mark.parametrize("kind", [pytest.param("png", marks=pytest.mark.slow), "geotiff"])
 def test_full_disk_during_predict_keeps_the_earlier_prediction(kind: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    tiny_model(run)
+    saved_tiny_model(run)
     if kind == "png":
         source = rgb_png(tmp_path / "in" / "scene.png", 256)
         bands: list[str] = []
     else:
         (tmp_path / "in").mkdir()
         pixels = np.random.default_rng(0).integers(1, 4000, (1, 256, 256), dtype=np.uint16)
-        source = geotiff(tmp_path / "in" / "scene.tif", pixels)
+        source = write_raster(tmp_path / "in" / "scene.tif", pixels)
         bands = ["--bands", "1,1,1"]
     out = tmp_path / "out"
     argv = ["predict", str(source), "-m", str(run), "-o", str(out), *bands]
     assert main(argv) == 0
     earlier = out / f"scene_pred{source.suffix}"
     before = digest(earlier)
-    result = cli_subprocess(argv, tmp_path, file_limit=2048)
+    result = run_cli(*argv, cwd=tmp_path, file_limit=2048)
     one_error_line(result, "cannot write", str(earlier))
     assert digest(earlier) == before, "the good earlier prediction is kept"
     no_temporary_files(out)
 
 
 def test_full_disk_during_export_keeps_the_earlier_export(tmp_path: Path) -> None:
-    old, new = tiny_model(tmp_path / "old", active=["frequency.1"]), tiny_model(tmp_path / "new")
+    old, new = saved_tiny_model(tmp_path / "old", active=["frequency.1"]), saved_tiny_model(tmp_path / "new")
     out = tmp_path / "model.safetensors"
     assert main(["export", str(old), "--out", str(out)]) == 0
     before = {p.name: digest(p) for p in (out, out.with_suffix(".json"))}
-    result = cli_subprocess(["export", str(new), "--out", str(out)], tmp_path, file_limit=4096)
+    result = run_cli("export", new, "--out", out, cwd=tmp_path, file_limit=4096)
     one_error_line(result, "cannot write", str(out))
     assert {p.name: digest(p) for p in (out, out.with_suffix(".json"))} == before
     no_temporary_files(tmp_path)
@@ -92,7 +95,7 @@ def test_full_disk_during_fit_keeps_the_earlier_checkpoint(gate: str, tmp_path: 
     assert main([*argv, "train.max_steps=2"]) == 0
     kept = [run / "checkpoints" / "last.ckpt", run / "trainable.safetensors", run / "metrics.json"]
     before = [digest(p) for p in kept]
-    result = cli_subprocess([*argv, "train.max_steps=4"], tmp_path, file_limit=64 * 1024)
+    result = run_cli(*argv, "train.max_steps=4", cwd=tmp_path, file_limit=64 * 1024)
     one_error_line(result, "cannot write")
     assert [digest(p) for p in kept] == before
     no_temporary_files(run)
@@ -122,18 +125,18 @@ def test_a_continuation_that_fails_half_way_leaves_the_run_as_it_was(tmp_path: P
     the continuation that never failed."""
     run = tmp_path / "run"
     argv = ["fit", "--config", "demo", "--out", str(run), *TINY, "train.log_every=1"]
-    assert cli_subprocess([*argv, "train.max_steps=2"], tmp_path).returncode == 0
+    assert run_cli(*argv, "train.max_steps=2", cwd=tmp_path).returncode == 0
     saved = tmp_path / "saved"
     shutil.copytree(run, saved)
-    assert cli_subprocess([*argv, "train.max_steps=6"], tmp_path).returncode == 0
+    assert run_cli(*argv, "train.max_steps=6", cwd=tmp_path).returncode == 0
     uninterrupted = outcome(run)
     shutil.rmtree(run)
     shutil.copytree(saved, run)
 
     before = folder_digests(run)
-    one_error_line(cli_subprocess([*argv, "train.max_steps=6"], tmp_path, file_limit=64 * 1024), "cannot write")
+    one_error_line(run_cli(*argv, "train.max_steps=6", cwd=tmp_path, file_limit=64 * 1024), "cannot write")
     assert folder_digests(run) == before
     no_temporary_files(run)
-    again = cli_subprocess([*argv, "train.max_steps=6"], tmp_path)
+    again = run_cli(*argv, "train.max_steps=6", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert outcome(run) == uninterrupted

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bad_inputs import cli, rgb_png, tiny_model
-from own_data import TINY_RASTER, TRANSFORM, buildings, scene_pair, write_config, write_raster
+from support.bad_inputs import cli
+from support.models import saved_tiny_model
+from support.rasters import TRANSFORM, buildings, rgb_png, scene_pair, write_config, write_raster
+from support.tiny import tiny_run
 
 
 def _fit(tmp_path: Path, make: Callable[[Path], dict[str, Any]]) -> list[str]:
@@ -22,7 +24,7 @@ def _fit(tmp_path: Path, make: Callable[[Path], dict[str, Any]]) -> list[str]:
     definition = make(data)
     config = write_config(tmp_path / "own.yaml", {"dataset": definition, "root": str(data)},
                           {"t": {"dataset": definition, "root": str(data)}}, val_fraction=0.0)
-    return ["fit", "--config", config, "--out", tmp_path / "run", *TINY_RASTER]
+    return ["fit", "--config", config, "--out", tmp_path / "run", *tiny_run("raster")]
 
 
 def _label_value(data: Path) -> dict[str, Any]:
@@ -121,7 +123,7 @@ def test_missing_labels_warn_switch(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_predict_bands_a_jpeg_does_not_have(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    tiny_model(run)
+    saved_tiny_model(run)
     image = rgb_png(tmp_path / "in" / "a.jpg")
     cli(capsys, tmp_path, ["predict", image, "-m", run, "-o", tmp_path / "out", "--bands", "9,9,9"], 2,
         "--bands asks for band 9 but the file has 3 band(s)", "a.jpg")

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_inputs import cli, rgb_png, tiny_model
 from crossearth_gate.cli import main
-from test_predict import write_geotiff as geotiff
+from support.bad_inputs import cli
+from support.models import saved_tiny_model
+from support.rasters import rgb_png, write_raster
 
 
 @pytest.fixture()
 def run(tmp_path: Path) -> Path:
     """A run-like folder: trainable weights plus the files a finished run keeps beside them."""
     folder = tmp_path / "run"
-    tiny_model(folder)
+    saved_tiny_model(folder)
     (folder / "metrics.json").write_text('{"domains": {}}\n')
     (folder / "config.yaml").write_text("name: tiny\n")
     return folder
@@ -34,7 +35,7 @@ def _truncated(path: Path) -> Path:
 
 
 def _scene(d: Path) -> Path:
-    return geotiff(d / "scene.tif", np.random.default_rng(0).integers(1, 4000, (1, 48, 48), dtype=np.uint16))
+    return write_raster(d / "scene.tif", np.random.default_rng(0).integers(1, 4000, (1, 48, 48), dtype=np.uint16))
 
 
 # name -> (make the input(s) in a folder, extra arguments, what the one line must name)
@@ -45,7 +46,7 @@ PREDICT_CASES = {
     "bands_not_numbers": (_scene, ["--bands", "r,g,b"], "--bands 'r,g,b'"),
     "one_band_without_bands": (_scene, [], "scene.tif"),
     "corrupt_geotiff": (lambda d: (d / "bad.tif").write_bytes(b"II*\x00 garbage") and d / "bad.tif", [], "bad.tif"),
-    "truncated_geotiff": (lambda d: _truncated(geotiff(d / "cut.tif", np.ones((3, 256, 256), np.uint8))), [],
+    "truncated_geotiff": (lambda d: _truncated(write_raster(d / "cut.tif", np.ones((3, 256, 256), np.uint8))), [],
                           "cut.tif"),
     "unsupported_type": (lambda d: (d / "x.bmp").write_bytes(b"BM") and d / "x.bmp", [], "x.bmp"),
     "missing_input": (lambda d: d / "nowhere.png", [], "nowhere.png"),
@@ -112,7 +113,7 @@ def test_bad_model_file(command: str, case: str, run: Path, tmp_path: Path,
 
 def test_all_nodata_scene_warns_in_one_line(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             caplog: pytest.LogCaptureFixture) -> None:
-    scene = geotiff(tmp_path / "void.tif", np.zeros((3, 40, 40), np.uint16), nodata=0)
+    scene = write_raster(tmp_path / "void.tif", np.zeros((3, 40, 40), np.uint16), nodata=0)
     with caplog.at_level(logging.WARNING):
         assert main(["predict", str(scene), "-m", str(run), "-o", str(tmp_path / "out")]) == 0
     warnings = [r.getMessage() for r in caplog.records if "nodata" in r.getMessage()]

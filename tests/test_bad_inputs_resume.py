@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import cli, fit_argv
 from crossearth_gate.cli import main
+from support.bad_inputs import cli
+from support.cli import fit_argv
 
 
 @pytest.fixture(scope="module")

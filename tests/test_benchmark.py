@@ -7,15 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from crossearth_gate.benchmark.command import CONFIGS, BenchSetup
 from crossearth_gate.benchmark.spread import spread, spreads, warning_line, wide
 from crossearth_gate.cli import main
+from support.threads import one_thread
+from support.tiny import benchmark_flags
 
-TINY = ["--weights", "none", "--backbone", "test_vit", "--img-size", "32", "--batch-size", "2", "--steps", "1",
-        "--warmup-steps", "0", "--select-after", "1", "--num-samples", "2", "--step-fraction", "1.0",
-        "--rounds", "2", "--predict-size", "64"]
 RATIOS = ("gated_step_vs_all_on", "compute_aware_step_vs_all_on", "merged_inference_vs_bare",
           "selection_overhead_at_n100")
 
@@ -25,12 +23,8 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """One tiny run; one thread (also in its child processes): tiny steps on a shared 2-core machine."""
     folder = tmp_path_factory.mktemp("bench")
     out, profile = folder / "bench.json", folder / "profile.txt"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["benchmark", *TINY, "--out", str(out), "--profile", str(profile)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread():
+        assert main(["benchmark", *benchmark_flags(), "--out", str(out), "--profile", str(profile)]) == 0
     return json.loads(out.read_text()), profile
 
 

@@ -1,4 +1,6 @@
-"""The paper's 18 settings: every config reads fixtures in its releases' layouts and trains 2 steps end to end."""
+"""The shipped benchmark configs: the paper's 18 settings and its backbone ablation. Every config loads and
+validates at full size; the 18 (and two of the ablation) train 2 steps end to end on fixtures in their releases'
+layouts (the session's ``benchmark_data``), shrunk to tiny.yaml's ``benchmark`` and ``ablation`` runs."""
 
 from __future__ import annotations
 
@@ -8,44 +10,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark_fixtures import write_benchmark_tree
 from crossearth_gate.cli import main
 from crossearth_gate.config.schema import load_config
+from crossearth_gate.config.validation import check_runtime
+from crossearth_gate.model.artefacts import read_spec
 from crossearth_gate.runs.report import load_run
 from crossearth_gate.runs.table import collect, load_paper_results
+from support.paths import BENCHMARKS
+from support.tiny import override, tiny_model, tiny_run
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
 CONFIGS = sorted(p for p in BENCHMARKS.glob("*.yaml") if not p.name.startswith("_"))
 CASID_PAIRS = [f"casid_{s}2{t}" for s in ("sub", "tem", "tms", "trf") for t in ("sub", "tem", "tms", "trf") if s != t]
 SETTINGS = CASID_PAIRS + ["potsdam_rgb2rescuenet", "potsdam_irrg2rescuenet", "p2v", "v2p", "r2u", "u2r"]
-
-# ViT-L with Mask2Former at 518 shrunk to a width-32, depth-4 ViT and 56-pixel crops: the configs' data,
-# classes and gate are what is tested here, not the model's size.
-TINY = [
-    "model.weights=none",
-    "model.backbone_kwargs={embed_dim: 32, depth: 4, num_heads: 2}",
-    "model.head=fpn",  # the configs' Mask2Former at this size: test_a_config_trains_with_its_own_head
-    "model.head_channels=16",
-    "data.crop_size=56",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "eval.window=56",
-    "eval.stride=56",
-    "eval.samples_per_domain=0",
-    "train.max_steps=2",
-    "train.val_every=2",
-    "train.warmup_steps=1",
-    "train.progress=false",
-    "gate.every=2",
-    "gate.num_samples=2",
-    "gate.k=3",
-]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_benchmark_tree(tmp_path_factory.mktemp("ceg_data"))
-
 
 def test_there_are_the_papers_18_settings() -> None:
     assert sorted(p.stem for p in CONFIGS) == sorted(SETTINGS)
@@ -63,11 +39,12 @@ def test_config_has_the_papers_model(path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_trains_two_steps_on_fixtures(path: Path, data_root: Path, tmp_path: Path,
+def test_config_trains_two_steps_on_fixtures(path: Path, benchmark_data: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CEG_DATA", str(data_root))
+    monkeypatch.setenv("CEG_DATA", str(benchmark_data))
     out = tmp_path / "run"
-    assert main(["fit", "--config", str(path), "--out", str(out), *TINY, "train.precision=32-true"]) == 0
+    assert main(["fit", "--config", str(path), "--out", str(out), *tiny_run("benchmark"),
+                 "train.precision=32-true"]) == 0
     cfg = load_config(str(path))
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["domains"]) == {"source_val", *cfg.data.targets}
@@ -80,18 +57,14 @@ def test_config_trains_two_steps_on_fixtures(path: Path, data_root: Path, tmp_pa
 
 
 @pytest.mark.parametrize("name", ["potsdam_rgb2rescuenet", "p2v"])  # one DG, one DA (DACS) setting
-def test_a_config_trains_with_its_own_head(name: str, data_root: Path, tmp_path: Path,
+def test_a_config_trains_with_its_own_head(name: str, benchmark_data: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The configs' Mask2Former (shrunk: 6 queries, 3 decoder layers) trains and tests from a benchmark config."""
     pytest.importorskip("transformers")
-    monkeypatch.setenv("CEG_DATA", str(data_root))
-    tiny_m2f = ("model.head_kwargs={num_queries: 6, decoder_layers: 3, encoder_layers: 1, num_attention_heads: 2, "
-                "dim_feedforward: 32, encoder_feedforward_dim: 32, train_num_points: 256}")
-    overrides = [o for o in TINY if not o.startswith(("model.head=", "model.head_channels="))]
+    monkeypatch.setenv("CEG_DATA", str(benchmark_data))
     out = tmp_path / "run"
     config = BENCHMARKS / f"{name}.yaml"
-    assert main(["fit", "--config", str(config), "--out", str(out), *overrides, "model.head_channels=32",
-                 tiny_m2f]) == 0
+    assert main(["fit", "--config", str(config), "--out", str(out), *tiny_run("benchmark_mask2former")]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["head"] == "mask2former"
     metrics = json.loads((out / "metrics.json").read_text())
     for target in load_config(str(config)).data.targets:
@@ -102,7 +75,64 @@ def test_a_config_on_a_wrong_tree_fails_with_one_line(tmp_path: Path, monkeypatc
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "CASID" / "all_train" / "image").mkdir(parents=True)  # one domain unzipped without its folder
     monkeypatch.setenv("CEG_DATA", str(tmp_path))
-    code = main(["fit", "--config", str(BENCHMARKS / "casid_sub2tem.yaml"), "--out", str(tmp_path / "run"), *TINY,
-                 "model.head=fpn"])
+    code = main(["fit", "--config", str(BENCHMARKS / "casid_sub2tem.yaml"), "--out", str(tmp_path / "run"),
+                 *tiny_run("benchmark"), "model.head=fpn"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "CASID domain folder not found" in err[0]
+
+
+# ----------------------------------------------------------------------------- the backbone ablation
+
+ABLATION = BENCHMARKS / "backbones"
+ABLATION_CONFIGS = sorted(p for p in ABLATION.glob("*.yaml") if not p.name.startswith("_"))
+# config -> (timm model, crop, official weights file or the hub, gsd)
+ABLATION_EXPECTED = {
+    "dinov2_s": ("vit_small_patch14_dinov2", 518, "hub", None),
+    "dinov2_b": ("vit_base_patch14_dinov2", 518, "hub", None),
+    "dinov2_l": ("vit_large_patch14_dinov2", 518, "hub", None),
+    "sam_l": ("samvit_large_patch16", 512, "sam_vit_l_0b3195.pth", None),
+    "satmae_l": ("vit_large_patch16_224", 512, "fmow_pretrain.pth", None),
+    "scalemae_l": ("vit_large_patch16_224", 512, "scalemae-vitlarge-800.pth", 1.0),
+}
+
+
+def test_one_config_per_backbone_of_the_papers_ablation() -> None:
+    assert sorted(p.stem for p in ABLATION_CONFIGS) == sorted(ABLATION_EXPECTED)
+
+
+@pytest.mark.parametrize("path", ABLATION_CONFIGS, ids=lambda p: p.stem)
+def test_config_loads_and_validates_at_full_size(path: Path, benchmark_data: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEG_DATA", str(benchmark_data))
+    monkeypatch.setenv("CEG_WEIGHTS", str(tmp_path))
+    backbone, crop, weights, gsd = ABLATION_EXPECTED[path.stem]
+    if weights != "hub":
+        (tmp_path / weights).write_bytes(b"")  # validation checks that the file exists; the run reads it
+    cfg = load_config(str(path))
+    check_runtime(cfg)  # the full-size backbone's skeleton (meta device): patch, depth, crop, window, k
+    assert cfg.model.backbone == backbone and cfg.model.gsd == gsd and cfg.data.crop_size == crop
+    assert cfg.model.weights == ("hub" if weights == "hub" else str(tmp_path / weights))
+    assert cfg.model.head == "mask2former" and set(cfg.toolbox.types) == {"spatial", "semantic", "frequency"}
+    assert cfg.gate.enabled and cfg.gate.k == 0.25 and cfg.gate.every == 100 and cfg.train.max_steps == 40000
+    assert cfg.data.source.dataset == "casid" and cfg.data.source.domain == "sub"
+    assert sorted(cfg.data.targets) == ["tem", "tms", "trf"]
+    assert cfg.eval.window == crop and cfg.name == f"ablation-{path.stem.replace('_', '-')}"
+
+
+TINY_BACKBONES = {"sam_l": "sam", "scalemae_l": "vit"}  # config -> tiny.yaml model
+
+
+@pytest.mark.parametrize("name", sorted(TINY_BACKBONES))
+def test_sam_and_scalemae_configs_train_and_record_their_settings(name: str, benchmark_data: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shrunk (width 32, depth 4, 64² crops, FPN head), the config trains 2 steps with the gate on fixtures."""
+    monkeypatch.setenv("CEG_DATA", str(benchmark_data))
+    out = tmp_path / name
+    assert main(["fit", "--config", str(ABLATION / f"{name}.yaml"), "--out", str(out), *tiny_run("ablation"),
+                 override("model.backbone_kwargs", tiny_model(TINY_BACKBONES[name]))]) == 0
+    recorded = yaml.safe_load((out / "config.yaml").read_text())["model"]
+    assert recorded["backbone"] == ABLATION_EXPECTED[name][0] and recorded["gsd"] == ABLATION_EXPECTED[name][3]
+    assert read_spec(out / "trainable.safetensors").gsd == ABLATION_EXPECTED[name][3]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["domains"]) == {"source_val", "tem", "tms", "trf"}
+    assert metrics["backbone"]["name"] == ABLATION_EXPECTED[name][0]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark_fixtures import save, write_casid, write_mmseg, write_rescuenet
 from crossearth_gate.data import DomainSpec, SegmentationDataset, get_dataset_info, list_pairs, read_mask
 from crossearth_gate.data.datasets import fit_within
 from crossearth_gate.util.errors import UserError
+from support.benchmark_tree import save, write_casid, write_mmseg, write_rescuenet
 
 CASID = get_dataset_info("casid")
 RESCUENET = get_dataset_info("rescuenet")

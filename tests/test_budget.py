@@ -7,7 +7,6 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,9 +32,9 @@ from crossearth_gate.heads.losses import per_sample_cross_entropy
 from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import SLOT_TYPES, ToolboxConfig
 from crossearth_gate.util.errors import UserError
-from helpers import images, tiny_backbone
-from test_cli_e2e import run_cli
-from test_fisher import TinySlotNet, make_data, per_sample_ce
+from support.cli import fit_demo
+from support.models import images, tiny_backbone
+from support.slotnet import TinySlotNet, make_data, per_sample_ce
 
 
 def names(depth: int, types: tuple[str, ...] = SLOT_TYPES) -> list[str]:
@@ -192,15 +191,6 @@ def test_fit_recovers_an_exactly_additive_model() -> None:
     assert min(noisy.fixed_s, *noisy.block_s, *noisy.type_s.values()) >= 0
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny steps on a shared 2-core machine: one thread avoids idle OpenMP workers spinning for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.usefixtures("one_thread")
 def test_calibration_on_a_tiny_vit_is_sane_and_leaves_the_model_as_found() -> None:
     torch.manual_seed(0)
@@ -289,7 +279,7 @@ def test_a_budget_needs_a_scoring_selector() -> None:
 @pytest.mark.usefixtures("one_thread")
 def test_a_budgeted_run_writes_its_cost_model_and_the_budget_of_every_selection(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert run_cli(out, "train.max_steps=4", "model.weights=none", "gate.budget.lowest_block=2") == 0
+    assert fit_demo(out, "train.max_steps=4", "model.weights=none", "gate.budget.lowest_block=2") == 0
     selections = json.loads((out / "gates.json").read_text())["selections"]
     assert [s["step"] for s in selections] == [0, 2]
     for s in selections:
@@ -318,6 +308,7 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.ddp
 def test_every_rank_budgets_with_rank_0s_cost_model_and_selects_the_same_set(tmp_path: Path) -> None:
     mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     (cost0, active0), (cost1, active1) = (torch.load(tmp_path / f"{r}.pt") for r in range(2))

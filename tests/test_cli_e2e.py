@@ -10,35 +10,15 @@ import yaml
 from safetensors import safe_open
 
 from crossearth_gate.cli import main
-
-TINY = [
-    "model.weights=none",
-    "model.backbone_kwargs={embed_dim: 32, depth: 4, num_heads: 2}",
-    "model.head_channels=16",
-    "data.crop_size=56",
-    "data.batch_size=2",
-    "data.source.tiles=[1]",
-    "data.targets={tile_5: {dataset: dubai, root: '{demo_data}/dubai', tiles: [5]}}",
-    "eval.window=224",
-    "eval.stride=224",
-    "eval.samples_per_domain=1",
-    "train.val_every=2",
-    "train.warmup_steps=1",
-    "train.progress=false",
-    "gate.every=2",
-    "gate.num_samples=2",
-    "gate.k=3",
-]
-
-
-def run_cli(out: Path, *extra: str) -> int:
-    return main(["fit", "--config", "demo", "--out", str(out), *TINY, *extra])
+from support.cli import fit_demo
+from support.paths import DEMO
+from support.runs import labelled_pixels
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "tiny"
-    assert run_cli(out, "train.max_steps=4") == 0
+    assert fit_demo(out, "train.max_steps=4") == 0
     return out
 
 
@@ -55,8 +35,6 @@ def test_fit_writes_every_artefact(tiny_run: Path) -> None:
     assert metrics["backbone"] == {"name": "vit_small_patch14_dinov2", "weights": {
         "requested": "none", "source": "random", "file": None, "sha256": None, "description": "random initialisation",
         "layout": None}}
-    from test_ddp_training import labelled_pixels
-
     assert metrics["domains"]["tile_5"]["pixels"] == labelled_pixels(5)
     assert metrics["run"]["mode"] == "gated-fisher" and metrics["run"]["k"] == 3
     assert len(metrics["run"]["active"]) == 3
@@ -85,7 +63,7 @@ def test_fit_writes_every_artefact(tiny_run: Path) -> None:
 
 def test_same_seed_same_selections_and_metrics(tiny_run: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    assert run_cli(again, "train.max_steps=4") == 0
+    assert fit_demo(again, "train.max_steps=4") == 0
     first = json.loads((tiny_run / "gates.json").read_text())
     second = json.loads((again / "gates.json").read_text())
     assert first == second
@@ -96,10 +74,10 @@ def test_same_seed_same_selections_and_metrics(tiny_run: Path, tmp_path: Path) -
 
 def test_killed_run_resumes_from_last_checkpoint_with_its_gate(tmp_path: Path) -> None:
     out = tmp_path / "resumed"
-    assert run_cli(out, "train.max_steps=2") == 0  # stands in for a run killed after step 2
+    assert fit_demo(out, "train.max_steps=2") == 0  # stands in for a run killed after step 2
     before = json.loads((out / "gates.json").read_text())
     assert [s["step"] for s in before["selections"]] == [0]
-    assert run_cli(out, "train.max_steps=4") == 0
+    assert fit_demo(out, "train.max_steps=4") == 0
     after = json.loads((out / "gates.json").read_text())
     assert after["selections"][0] == before["selections"][0], "history from before the kill is kept"
     assert [s["step"] for s in after["selections"]] == [0, 2]
@@ -108,14 +86,14 @@ def test_killed_run_resumes_from_last_checkpoint_with_its_gate(tmp_path: Path) -
 
 
 def test_unknown_config_key_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli(tmp_path / "bad", "train.lrr=0.1") == 2
+    assert fit_demo(tmp_path / "bad", "train.lrr=0.1") == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "unknown config key config.train.lrr" in errors[0]
 
 
 def test_missing_data_folder_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nowhere"
-    code = run_cli(tmp_path / "bad", f"data.source.root={missing}")
+    code = fit_demo(tmp_path / "bad", f"data.source.root={missing}")
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in err if "error:" in line]
@@ -145,7 +123,7 @@ def test_only_slots_ever_selected_are_trained_and_saved(tiny_run: Path) -> None:
 
 def test_report_on_two_real_runs_names_both(tiny_run: Path, tmp_path: Path) -> None:
     frozen = tmp_path / "frozen"
-    assert run_cli(frozen, "train.max_steps=2", "name=tiny-frozen", "toolbox.types=[]", "gate.enabled=false") == 0
+    assert fit_demo(frozen, "train.max_steps=2", "name=tiny-frozen", "toolbox.types=[]", "gate.enabled=false") == 0
     out = tmp_path / "report"
     assert main(["report", str(tiny_run), str(frozen), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
@@ -166,7 +144,7 @@ def test_export_then_predict_from_the_exported_file(tiny_run: Path, tmp_path: Pa
     assert sidecar["classes"] == ["land", "water", "building", "vegetation", "road"]
     assert sidecar["active"] == json.loads((tiny_run / "metrics.json").read_text())["run"]["active"]
     assert {"toolbox", "palette", "mean", "std", "backbone_kwargs"} <= set(sidecar)
-    images = Path(__file__).resolve().parents[1] / "src/crossearth_gate/demo_data/dubai/tile_5/images"
+    images = DEMO / "tile_5" / "images"
     image = next(images.glob("*.jpg"))
     out = tmp_path / "pred"
     assert main(["predict", str(image), "--model", str(exported), "--out", str(out)]) == 0

@@ -27,6 +27,7 @@ from crossearth_gate.model.inference import BlendMode, blend_weights
 from crossearth_gate.toolbox.names import SLOT_TYPES, SlotType
 from crossearth_gate.toolbox.slots import Toolbox, ToolboxConfig
 from crossearth_gate.util.errors import UserError
+from support.paths import REPO
 
 
 def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
@@ -89,7 +90,7 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
         load_config(str(bad))
 
 
-RUN_CONFIGS = [path for path in sorted(Path(__file__).resolve().parents[1].glob("configs/**/[!_]*.yaml"))
+RUN_CONFIGS = [path for path in sorted(REPO.glob("configs/**/[!_]*.yaml"))
                if path.parent.name != "studies"]  # study files have their own schema (tests/test_study.py)
 
 

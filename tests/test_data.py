@@ -23,7 +23,7 @@ from crossearth_gate.data import (
     read_mask,
 )
 from crossearth_gate.util.errors import UserError
-from helpers import SHARED_DATA
+from support.paths import SHARED_DATA
 
 CROPS = SHARED_DATA / "isprs-loveda-crops"
 POTSDAM = get_dataset_info("potsdam")

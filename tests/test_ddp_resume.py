@@ -9,23 +9,20 @@ end of training, and fails the run if they differ.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from test_cli_e2e import TINY
+from support.cli import fit_argv, run_cli
+
+pytestmark = pytest.mark.ddp
 
 DDP = ["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu", "gate.selector=random"]
 
 
 def fit(out: Path, steps: int) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "crossearth_gate.cli", "fit", "--config", "demo", "--out", str(out), *TINY, *DDP,
-           f"train.max_steps={steps}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=out.parent)
+    return run_cli(*fit_argv(out, *DDP, f"train.max_steps={steps}"), cwd=out.parent)
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@
 import importlib.util
 from pathlib import Path
 
-HOOK = Path(__file__).resolve().parents[1] / "scripts" / "mkdocs_hooks.py"
+from support.paths import REPO
+
+HOOK = REPO / "scripts" / "mkdocs_hooks.py"
 
 
 def _hook():

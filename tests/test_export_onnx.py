@@ -21,6 +21,7 @@ from crossearth_gate.model.inference import sliding_window_logits
 from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.toolbox.frequency import frequency_split, matrix_frequency_split
 from crossearth_gate.toolbox.slots import ToolboxConfig
+from support.paths import DEMO
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -31,7 +32,7 @@ CLASSES = ["background", "building", "road"]
 PALETTE = [[10, 20, 30], [200, 40, 40], [40, 200, 40]]
 WINDOW = 64  # test_vit: patch 16, a 4x4 token grid, so the frequency band is more than one bin
 EVERY_TYPE = ["spatial.0", "spatial.3", "semantic.2", "semantic.4", "frequency.1", "frequency.5"]
-DEMO_TILE = Path(__file__).resolve().parents[1] / "src" / "crossearth_gate" / "demo_data" / "dubai" / "tile_1"
+DEMO_TILE = DEMO / "tile_1"
 
 
 def make_run(root: Path, active: list[str], head: str = "fpn") -> Path:

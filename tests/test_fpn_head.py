@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from crossearth_gate.heads.fpn import FPNHead
-from helpers import perturb
+from support.models import perturb
 
 
 def reference_forward(head: FPNHead, features: list[Tensor]) -> Tensor:

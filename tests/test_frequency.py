@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from crossearth_gate.toolbox.frequency import FrequencyAdapter, frequency_split, low_pass_mask
-from helpers import perturb
+from support.models import perturb
 
 GRIDS = [(4, 4), (5, 5), (3, 7), (8, 6), (1, 1)]
 

@@ -9,7 +9,7 @@ import torch
 
 from crossearth_gate.gating import FisherSelector, Gate, GateSchedule, RandomSelector
 from crossearth_gate.util.errors import UserError
-from test_fisher import TinySlotNet, make_data, per_sample_ce
+from support.slotnet import TinySlotNet, make_data, per_sample_ce
 
 
 def test_schedule_warmup_and_every():

@@ -10,7 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from crossearth_gate.gating import FisherSelector, Gate, GateSchedule, GradNormSelector, Selection
-from test_fisher import TinySlotNet, batched, make_data, per_sample_ce
+from support.slotnet import TinySlotNet, batched, make_data, per_sample_ce
+
+pytestmark = pytest.mark.ddp
 
 WORLD = 2
 SAMPLES = 5  # per rank

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from crossearth_gate.cli import main
-from test_cli_e2e import TINY
+from support.tiny import TINY
 
 
 def test_history_after_the_best_checkpoint_is_kept(tmp_path: Path) -> None:

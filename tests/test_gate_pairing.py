@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from crossearth_gate.cli import main
-from test_cli_e2e import TINY
-from test_resume import csv_rows
+from support.runs import csv_rows
+from support.tiny import TINY
 
 SETTINGS = [*TINY, "train.max_steps=6", "gate.every=3", "gate.num_samples=2", "train.log_every=1"]
 

@@ -24,9 +24,10 @@ from crossearth_gate.model.backbone import build_backbone
 from crossearth_gate.util.errors import UserError
 from crossearth_gate.weights import read_provenance
 from crossearth_gate.weights.convert import infer_backbone
+from support.tiny import inline_yaml, tiny_model
 
-WIDTH, DEPTH, HEADS, PATCH, GRID = 32, 2, 2, 16, 4
-TINY = {"embed_dim": WIDTH, "depth": DEPTH, "num_heads": HEADS}
+VIT = tiny_model("vit_2_blocks")
+WIDTH, DEPTH, HEADS, PATCH, GRID = VIT["embed_dim"], VIT["depth"], VIT["num_heads"], 16, 4
 VIT_L = "vit_large_patch16_224"  # SatMAE's and Scale-MAE's encoder: timm's ViT-L/16 (LayerNorm eps 1e-6)
 
 
@@ -131,7 +132,7 @@ def images(height: int = GRID * PATCH, width: int = GRID * PATCH) -> Tensor:
     return torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(5))
 
 
-KWARGS = "{embed_dim: 32, depth: 2, num_heads: 2}"
+KWARGS = inline_yaml(VIT)
 
 
 # ---------------------------------------------------------------- SatMAE
@@ -146,10 +147,10 @@ def test_satmae_pretraining_file_converts_and_matches_the_reference(tmp_path: Pa
     assert "satmae layout" in capsys.readouterr().out
     meta = read_provenance(out)
     assert meta["source_layout"] == "satmae" and meta["backbone"] == VIT_L and "SatMAE" in meta["licences"]
-    backbone = build_backbone(VIT_L, str(out), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=TINY)
+    backbone = build_backbone(VIT_L, str(out), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=VIT)
     assert backbone.info.weights_record.sha256 is not None
     assert backbone.info.mean[0] == pytest.approx(0.4182, abs=1e-4)  # SatMAE's fMoW-RGB statistics, not timm's
-    official = build_backbone(VIT_L, str(source), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=TINY)
+    official = build_backbone(VIT_L, str(source), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=VIT)
     assert official.info.weights_record.layout == "satmae" and official.info.std == backbone.info.std
     x = images()
     with torch.no_grad():
@@ -164,7 +165,7 @@ def test_satmae_finetuned_file_takes_fc_norm_as_the_final_norm(tmp_path: Path) -
     source = save_training_checkpoint(finetuned, tmp_path / "fmow_finetune.pth")
     out = tmp_path / "satmae_ft.safetensors"
     assert convert(source, out, VIT_L, KWARGS) == 0
-    backbone = build_backbone(VIT_L, str(out), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=TINY)
+    backbone = build_backbone(VIT_L, str(out), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=VIT)
     x = images()
     with torch.no_grad():
         expected = reference_features(finetuned, x, state["pos_embed"][0], norm="fc_norm")
@@ -181,7 +182,7 @@ def test_scalemae_file_with_gsd_positions_matches_the_reference(gsd: float, tmp_
     out = tmp_path / "scalemae.safetensors"
     assert convert(source, out, VIT_L, KWARGS) == 0
     assert read_provenance(out)["source_layout"] == "scalemae"
-    backbone = build_backbone(VIT_L, str(out), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=TINY,
+    backbone = build_backbone(VIT_L, str(out), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=VIT,
                               gsd=gsd)
     assert backbone.info.mean == (0.485, 0.456, 0.406)  # ImageNet's, as Scale-MAE (timm's ViT-L/16 says 0.5)
     x = images()
@@ -201,7 +202,7 @@ def test_scalemae_positions_extend_to_any_grid(tmp_path: Path) -> None:
     source = save_training_checkpoint({**state, **scalemae_decoder()}, tmp_path / "scalemae.pth")
     out = tmp_path / "scalemae.safetensors"
     assert convert(source, out, VIT_L, KWARGS) == 0
-    backbone = build_backbone(VIT_L, str(out), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=TINY,
+    backbone = build_backbone(VIT_L, str(out), img_size=GRID * PATCH, out_indices=[DEPTH - 1], model_kwargs=VIT,
                               gsd=0.5)
     table = torch.from_numpy(fixed_sincos(5, WIDTH, res=0.5))
     positions = torch.cat([table[:1], table[1:].reshape(5, 5, WIDTH)[:3].reshape(15, WIDTH)])
@@ -215,9 +216,9 @@ def test_the_gsd_is_recorded_with_the_model(tmp_path: Path) -> None:
     from crossearth_gate.model.segmentor import Segmentor
     from crossearth_gate.toolbox.slots import ToolboxConfig
 
-    backbone = build_backbone(VIT_L, "none", img_size=GRID * PATCH, model_kwargs=TINY, gsd=0.3)
+    backbone = build_backbone(VIT_L, "none", img_size=GRID * PATCH, model_kwargs=VIT, gsd=0.3)
     model = Segmentor(backbone, 2, ToolboxConfig(), head_channels=16).eval()
-    spec = spec_of(model, ["a", "b"], [[0, 0, 0], [1, 1, 1]], 0, GRID * PATCH, "fpn", 16, backbone_kwargs=TINY)
+    spec = spec_of(model, ["a", "b"], [[0, 0, 0], [1, 1, 1]], 0, GRID * PATCH, "fpn", 16, backbone_kwargs=VIT)
     assert spec.gsd == 0.3
     loaded, spec = load_trainable(save_trainable(tmp_path / "m.safetensors", model, spec))
     assert spec.gsd == 0.3 and loaded.backbone.info.gsd == 0.3
@@ -227,13 +228,13 @@ def test_the_gsd_is_recorded_with_the_model(tmp_path: Path) -> None:
 
 
 SAM = "samvit_base_patch16"
-SAM_TINY = "{img_size: 64, embed_dim: 32, depth: 2, num_heads: 2, window_size: 2, global_attn_indexes: [1]}"
+SAM_2_BLOCKS = tiny_model("sam_2_blocks")
+SAM_TINY = inline_yaml(SAM_2_BLOCKS)
 
 
 def test_official_sam_file_converts_and_matches_timms_forward(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    kwargs = {"img_size": 64, "embed_dim": 32, "depth": 2, "num_heads": 2, "window_size": 2,
-              "global_attn_indexes": [1]}
+    kwargs = SAM_2_BLOCKS
     encoder = timm.create_model(SAM, pretrained=False, num_classes=0, **kwargs).eval()
     with torch.no_grad():
         for p in encoder.parameters():
@@ -302,4 +303,4 @@ def test_gsd_needs_a_class_token_vit() -> None:
         build_backbone(SAM, "none", model_kwargs={"img_size": 64, "embed_dim": 32, "depth": 2, "num_heads": 2,
                                                   "window_size": 2}, gsd=0.5)
     with pytest.raises(UserError, match="one class token"):
-        build_backbone("vit_small_patch14_reg4_dinov2", "none", img_size=28, model_kwargs=TINY, gsd=0.5)
+        build_backbone("vit_small_patch14_reg4_dinov2", "none", img_size=28, model_kwargs=VIT, gsd=0.5)

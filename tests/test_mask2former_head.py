@@ -24,19 +24,21 @@ from crossearth_gate.toolbox.slots import ToolboxConfig
 from crossearth_gate.training.gate_callback import GateCallback
 from crossearth_gate.training.losses import fisher_loss, segmentation_loss
 from crossearth_gate.util.errors import UserError
-from helpers import perturb, tiny_backbone
+from support.cli import fit_argv
+from support.models import perturb, tiny_backbone
+from support.paths import DEMO, REPO
+from support.tiny import override, tiny_model
 
 NUM_CLASSES = 3
 CHANNELS = 32
-TINY = {"num_queries": 6, "decoder_layers": 3, "encoder_layers": 1, "num_attention_heads": 2,
-        "dim_feedforward": 32, "encoder_feedforward_dim": 32, "train_num_points": 256}
+HEAD_KWARGS = tiny_model("mask2former")
 SIZE = 56  # tiny dinov2: patch 14, so a 4x4 grid and mask logits at 16x16
 
 
 def tiny_segmentor(seed: int = 0) -> Segmentor:
     torch.manual_seed(seed)
     model = Segmentor(tiny_backbone("dinov2"), NUM_CLASSES, ToolboxConfig(), "mask2former", CHANNELS,
-                      head_kwargs=TINY)
+                      head_kwargs=HEAD_KWARGS)
     perturb(model.toolbox, seed=seed + 1)
     return model
 
@@ -60,16 +62,16 @@ def test_shapes() -> None:
     with torch.no_grad():
         outputs = model.head_outputs(images)
         scores = model(images)
-    assert len(outputs.class_logits) == len(outputs.mask_logits) == TINY["decoder_layers"]
+    assert len(outputs.class_logits) == len(outputs.mask_logits) == HEAD_KWARGS["decoder_layers"]
     for classes, masks in zip(outputs.class_logits, outputs.mask_logits, strict=True):
-        assert classes.shape == (2, TINY["num_queries"], NUM_CLASSES + 1)
-        assert masks.shape == (2, TINY["num_queries"], 16, 16)  # 4x the 4x4 patch grid: stride p/4
+        assert classes.shape == (2, HEAD_KWARGS["num_queries"], NUM_CLASSES + 1)
+        assert masks.shape == (2, HEAD_KWARGS["num_queries"], 16, 16)  # 4x the 4x4 patch grid: stride p/4
     assert scores.shape == (2, NUM_CLASSES, SIZE, SIZE)
-    assert (scores >= 0).all() and (scores <= TINY["num_queries"]).all()
+    assert (scores >= 0).all() and (scores <= HEAD_KWARGS["num_queries"]).all()
 
 
 def test_semantic_inference_is_the_hand_computed_class_times_mask_marginal() -> None:
-    head = build_head("mask2former", 8, 4, 2, CHANNELS, TINY)
+    head = build_head("mask2former", 8, 4, 2, CHANNELS, HEAD_KWARGS)
     # 2 queries, 2 classes + no-object; softmax rows [.2, .6, .2] and [.5, .25, .25]
     classes = torch.log(torch.tensor([[[1.0, 3.0, 1.0], [2.0, 1.0, 1.0]]]))
     # two pixels: sigmoid 0.5 / 0.25 for query 0, 0.75 / 0.5 for query 1
@@ -142,7 +144,7 @@ def saved_model(tmp_path: Path) -> Path:
     """``test_vit`` (timm's registered tiny ViT, patch 16) + a tiny Mask2Former, rebuilt from its spec by name."""
     torch.manual_seed(0)
     model = Segmentor(build_backbone("test_vit", "none", 32), NUM_CLASSES, ToolboxConfig(), "mask2former", CHANNELS,
-                      head_kwargs=TINY)
+                      head_kwargs=HEAD_KWARGS)
     perturb(model.toolbox, seed=2)
     perturb(model.head, seed=3, std=0.01)
     model.toolbox.set_active(["spatial.0", "semantic.2", "frequency.5"])
@@ -156,7 +158,7 @@ def saved_model(tmp_path: Path) -> Path:
 def test_save_load_gives_identical_scores(tmp_path: Path) -> None:
     path = saved_model(tmp_path)
     loaded, spec = load_trainable(path)
-    assert spec.head == "mask2former" and spec.head_kwargs == TINY
+    assert spec.head == "mask2former" and spec.head_kwargs == HEAD_KWARGS
     expected = torch.load(tmp_path / "expected.pt")
     with torch.no_grad():
         torch.testing.assert_close(loaded(expected["images"]), expected["scores"], atol=0, rtol=0)
@@ -176,39 +178,36 @@ def test_bad_options_and_missing_transformers_are_one_line_errors(monkeypatch: p
     with pytest.raises(UserError, match="unknown mask2former option 'queries'"):
         build_head("mask2former", 8, 4, 2, CHANNELS, {"queries": 3})
     with pytest.raises(UserError, match="multiple of 32"):
-        build_head("mask2former", 8, 4, 2, 48, TINY)
+        build_head("mask2former", 8, 4, 2, 48, HEAD_KWARGS)
     with pytest.raises(UserError, match="needs 4 feature levels"):
-        build_head("mask2former", 8, 3, 2, CHANNELS, TINY)
+        build_head("mask2former", 8, 3, 2, CHANNELS, HEAD_KWARGS)
     with pytest.raises(UserError, match="the fpn head takes none"):
-        build_head("fpn", 8, 4, 2, CHANNELS, TINY)
+        build_head("fpn", 8, 4, 2, CHANNELS, HEAD_KWARGS)
     monkeypatch.delitem(sys.modules, "crossearth_gate.heads.mask2former")
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(UserError, match=r"pip install crossearth-gate\[mask2former\]"):
-        build_head("mask2former", 8, 4, 2, CHANNELS, TINY)
+        build_head("mask2former", 8, 4, 2, CHANNELS, HEAD_KWARGS)
 
 
 def test_the_shipped_demo_config_asks_for_it() -> None:
-    cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "baselines" / "mask2former.yaml"))
+    cfg = load_config(str(REPO / "configs" / "baselines" / "mask2former.yaml"))
     assert cfg.model.head == "mask2former" and cfg.model.head_kwargs["num_queries"] >= 6
 
 
 @pytest.mark.slow
 def test_fit_resume_export_predict_end_to_end(tmp_path: Path) -> None:
     """The CLI trains it (gate scoring with its loss), resumes from its checkpoint, exports and predicts."""
-    from test_cli_e2e import TINY as TINY_RUN
-
     out = tmp_path / "run"
     head = ["model.head=mask2former", f"model.head_channels={CHANNELS}",
-            "model.head_kwargs={" + ", ".join(f"{k}: {v}" for k, v in TINY.items()) + "}"]
-    fit = ["fit", "--config", "demo", "--out", str(out), *TINY_RUN, *head]
+            override("model.head_kwargs", HEAD_KWARGS)]
+    fit = fit_argv(out, *head)
     assert main([*fit, "train.max_steps=2"]) == 0
     assert main([*fit, "train.max_steps=3"]) == 0  # resumes from checkpoints/last.ckpt
     gates = (out / "gates.json").read_text()
     assert '"step": 2' in gates
     exported = tmp_path / "model.safetensors"
     assert main(["export", str(out), "--out", str(exported)]) == 0
-    image = Path(__file__).resolve().parents[1] / "src/crossearth_gate/demo_data/dubai/tile_5/images"
-    image = next(image.glob("*.jpg"))
+    image = next((DEMO / "tile_5" / "images").glob("*.jpg"))
     assert main(["predict", str(image), "--model", str(exported), "--out", str(tmp_path / "pred")]) == 0
     with Image.open(tmp_path / "pred" / f"{image.stem}_pred.png") as pred, Image.open(image) as source:
         assert pred.size == source.size and (np.array(pred) < 6).all()

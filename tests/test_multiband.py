@@ -16,15 +16,17 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from bad_inputs import cli
 from crossearth_gate.cli import main
 from crossearth_gate.data.radiometry import Radiometry, display_rgb
 from crossearth_gate.model.artefacts import load_trainable
 from crossearth_gate.training.metrics import SegMetrics
-from own_data import TINY_RASTER, buildings, write_config, write_raster
+from support.bad_inputs import cli
+from support.rasters import buildings, write_config, write_raster
+from support.tiny import tiny_run
 
+TINY_RASTER_RUN = tiny_run("raster")
 SIZE = 64
-EMBED, PATCH = 32, 14  # TINY_RASTER's ViT
+EMBED, PATCH = 32, 14  # the raster run's ViT in tests/configs/tiny.yaml
 # stored B, G, R, NIR (as many sensors write them): R, G, B are the 3rd, 2nd and 1st picked channels
 DEFINITION = {"bands": [1, 2, 3, 4], "rgb_bands": [3, 2, 1]}
 KERNELS = [2, 1, 0, -1]  # blue takes the pretrained B kernel (2), red the R kernel (0), NIR a new one
@@ -53,7 +55,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config = write_config(root / "own.yaml", {"dataset": definition, "root": str(root / "train")},
                           {"c": {"dataset": definition, "root": str(root / "test")}}, val_fraction=0.0)
     out = root / "run"
-    assert main(["fit", "--config", str(config), "--out", str(out), *TINY_RASTER,
+    assert main(["fit", "--config", str(config), "--out", str(out), *TINY_RASTER_RUN,
                  "eval.samples_per_domain=1", "train.lr=0.01"]) == 0
     return {"root": root, "run": out, "image": image, "label": label}
 
@@ -173,7 +175,7 @@ def _bad_fit(tmp_path: Path, source: dict, target: dict, *extra: str, **data: An
     four_band(tmp_path / "data", "a", 0)
     config = write_config(tmp_path / "own.yaml", {"dataset": source, "root": str(tmp_path / "data")},
                           {"t": {"dataset": target, "root": str(tmp_path / "data")}}, val_fraction=0.0, **data)
-    return ["fit", "--config", config, "--out", tmp_path / "run", *TINY_RASTER, *extra]
+    return ["fit", "--config", config, "--out", tmp_path / "run", *TINY_RASTER_RUN, *extra]
 
 
 @pytest.mark.parametrize(("source", "target", "needle"), [

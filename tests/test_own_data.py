@@ -16,7 +16,6 @@ import torch
 import yaml
 from PIL import Image
 
-from bad_inputs import DEMO
 from crossearth_gate.cli import main
 from crossearth_gate.config.schema import build_dataclass
 from crossearth_gate.data import DomainSpec, SegDataModule, get_dataset_info, list_pairs, read_mask
@@ -28,7 +27,9 @@ from crossearth_gate.data.scenes import open_scene
 from crossearth_gate.heads.losses import cross_entropy
 from crossearth_gate.training.metrics import SegMetrics
 from crossearth_gate.util.errors import UserError
-from own_data import TINY_RASTER, TRANSFORM, buildings, scene_pair, write_config, write_raster
+from support.paths import DEMO
+from support.rasters import TRANSFORM, buildings, scene_pair, write_config, write_raster
+from support.tiny import tiny_run
 
 # ----------------------------------------------------------------------------- definitions
 
@@ -115,7 +116,7 @@ def test_geotiff_index_rasters_train_bit_identically_to_jpeg(tmp_path: Path) -> 
     extra = ["train.max_steps=3", "train.log_every=1", "data.crop_size=56", "eval.window=56", "eval.stride=42",
              "train.val_every=3"]
     for name, config in configs.items():
-        assert main(["fit", "--config", str(config), "--out", str(tmp_path / name), *TINY_RASTER, *extra]) == 0
+        assert main(["fit", "--config", str(config), "--out", str(tmp_path / name), *tiny_run("raster"), *extra]) == 0
     metrics = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in configs}
     assert metrics["jpeg"]["domains"] == metrics["tiff"]["domains"]
     assert _losses(tmp_path / "jpeg") == _losses(tmp_path / "tiff") and _losses(tmp_path / "jpeg")
@@ -332,9 +333,7 @@ def test_window_reads_over_vsicurl_fetch_a_small_part(tmp_path: Path, server: tu
 def test_predict_normalises_as_training_did(tmp_path: Path) -> None:
     """A uint16 scene with nodata: predict (with the model's stored bands and statistics) reproduces the
     test evaluation of the run pixel for pixel, so its confusion matrix gives the run's own metrics."""
-    from own_data import scene_pair as pair
-
-    image, label = pair(tmp_path / "data", "scene", 4, size=70)
+    image, label = scene_pair(tmp_path / "data", "scene", 4, size=70)
     with rasterio.open(image, "r+") as dst:
         data = dst.read()
         data[:, :9, :12] = 0
@@ -342,11 +341,9 @@ def test_predict_normalises_as_training_did(tmp_path: Path) -> None:
     definition = {"name": "b", "classes": ["background", "building"], "images": "images/*.tif",
                   "labels": {"pattern": "labels/{stem}.tif", "values": {0: "background", 255: "building"}}}
     domain = {"dataset": definition, "root": str(tmp_path / "data")}
-    from own_data import write_config as config
-
-    cfg = config(tmp_path / "c.yaml", domain, {"whole": domain}, val_fraction=0.0)
+    cfg = write_config(tmp_path / "c.yaml", domain, {"whole": domain}, val_fraction=0.0)
     run = tmp_path / "run"
-    assert main(["fit", "--config", str(cfg), "--out", str(run), *TINY_RASTER]) == 0
+    assert main(["fit", "--config", str(cfg), "--out", str(run), *tiny_run("raster")]) == 0
     spec_radiometry = yaml.safe_load((run / "data.yaml").read_text())["radiometry"]
     assert spec_radiometry["mode"] == "statistics" and spec_radiometry["bands"] == [1, 1, 1]
     assert main(["predict", str(image), "-m", str(run), "-o", str(tmp_path / "out"), "--window", "28",

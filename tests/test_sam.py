@@ -22,12 +22,11 @@ from crossearth_gate.model.backbone import build_backbone
 from crossearth_gate.model.merge import merge_for_inference
 from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import SLOT_TYPES, ToolboxConfig
+from support.tiny import tiny_model
 
 SAM = "samvit_base_patch16"
-DEPTH = 4
-# width 32, window 2 on a 4×4 pre-training grid, global attention in blocks 1 and 3: every SAM code path
-TINY = {"img_size": 64, "embed_dim": 32, "depth": DEPTH, "num_heads": 2, "window_size": 2,
-        "global_attn_indexes": [1, 3], "neck_chans": 16}
+SAM_KWARGS = tiny_model("sam")  # window 2 on a 4×4 pre-training grid, global attention in blocks 1 and 3
+DEPTH = SAM_KWARGS["depth"]
 SIZE = (48, 64)  # a 3×4 grid: windows need padding, and relative positions are resampled in the global blocks
 
 
@@ -49,7 +48,7 @@ def randomise(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
 
 def sam_segmentor(head: str = "fpn", config: ToolboxConfig | None = None, seed: int = 0) -> Segmentor:
     torch.manual_seed(seed)
-    backbone = build_backbone(SAM, "none", out_indices=[0, 1, 2, 3], model_kwargs=dict(TINY))
+    backbone = build_backbone(SAM, "none", out_indices=[0, 1, 2, 3], model_kwargs=dict(SAM_KWARGS))
     randomise(backbone.vit, seed + 1, std=0.05)
     kwargs = {"num_queries": 4} if head == "mask2former" else None
     return Segmentor(backbone, 3, config or ToolboxConfig(lora_rank=4), head=head, head_channels=32,
@@ -159,7 +158,7 @@ def test_lora_wraps_sams_qkv_and_leaves_its_attention_code_alone() -> None:
             model.toolbox.set_active([f"spatial.{layer}"])
             ours = model.backbone(x, model.toolbox)[-1]
             # reference: a plain copy of the encoder whose fused qkv weight carries the deltas
-            reference = timm.create_model(SAM, pretrained=False, num_classes=0, **TINY).eval()
+            reference = timm.create_model(SAM, pretrained=False, num_classes=0, **SAM_KWARGS).eval()
             reference.load_state_dict(vit.state_dict())
             lora = model.toolbox.slot_module(f"spatial.{layer}")
             d = 32
@@ -236,7 +235,7 @@ def test_save_load_and_export_round_trip(tmp_path: Path) -> None:
     randomise(model.toolbox, seed=13)
     randomise(model.head, seed=14, std=0.05)
     model.toolbox.set_active(["spatial.1", "semantic.0", "frequency.3"])
-    spec = spec_of(model, ["a", "b", "c"], [[0, 0, 0]] * 3, 0, 64, "fpn", 32, backbone_kwargs=dict(TINY))
+    spec = spec_of(model, ["a", "b", "c"], [[0, 0, 0]] * 3, 0, 64, "fpn", 32, backbone_kwargs=dict(SAM_KWARGS))
     path = save_trainable(tmp_path / "sam.safetensors", model, spec)
     exported, _ = export_model(path, tmp_path / "export" / "sam.safetensors")
     x = images()

@@ -15,7 +15,7 @@ from crossearth_gate.model.artefacts import build_seeded_backbone, load_trainabl
 from crossearth_gate.model.segmentor import Segmentor
 from crossearth_gate.toolbox.slots import ToolboxConfig
 from crossearth_gate.util.errors import UserError
-from helpers import TINY_DEPTH, images, perturb, tiny_backbone
+from support.models import TINY_DEPTH, images, perturb, tiny_backbone
 
 NUM_CLASSES = 3
 

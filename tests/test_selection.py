@@ -19,7 +19,7 @@ from crossearth_gate.gating import (
     top_k,
 )
 from crossearth_gate.util.errors import UserError
-from test_fisher import TinySlotNet, make_data, per_sample_ce
+from support.slotnet import TinySlotNet, make_data, per_sample_ce
 
 RAW = {
     "spatial.0": 1.0,

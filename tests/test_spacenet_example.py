@@ -9,28 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import rasterio
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+from support.cli import run_cli
+from support.paths import REPO, SHARED_DATA
+from support.tiny import tiny_run
+
 SCENE = SHARED_DATA / "spacenet-geotiff" / "sample_geotiff.tif"
-TINY = ["model.weights=none", "model.backbone_kwargs={embed_dim: 32, depth: 4, num_heads: 2}",
-        "model.head_channels=16", "data.crop_size=112", "data.batch_size=2", "train.max_steps=2",
-        "train.val_every=2", "train.warmup_steps=0", "eval.window=224", "eval.stride=224",
-        "eval.samples_per_domain=0"]
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SCENE.is_file(), reason="needs ../shared/data/spacenet-geotiff")]
-
-
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "crossearth_gate.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, check=False)
 
 
 def _footprints(path: Path) -> Path:
@@ -53,17 +44,18 @@ def _footprints(path: Path) -> Path:
 @pytest.mark.parametrize("example", ["spacenet_buildings", "spacenet_buildings_polygons"])
 def test_example_fits_tests_and_predicts_the_scene(example: str, tmp_path: Path) -> None:
     pytest.importorskip("pyogrio")
-    env = {**os.environ, "CEG_DATA": str(SHARED_DATA), "CEG_CACHE_DIR": str(tmp_path / "cache"),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CEG_DATA": str(SHARED_DATA), "CEG_CACHE_DIR": str(tmp_path / "cache"),
            "SPACENET_FOOTPRINTS": str(_footprints(tmp_path / "footprints.geojson"))}
     run = tmp_path / "run"
-    fit = _cli("fit", "--config", f"configs/examples/{example}.yaml", "--out", str(run), *TINY, env=env)
+    fit = run_cli("fit", "--config", f"configs/examples/{example}.yaml", "--out", str(run), *tiny_run("scene"),
+                  cwd=REPO, env=env)
     assert fit.returncode == 0, fit.stderr[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
     test = metrics["domains"]["bottom_half"]
     assert set(test["per_class_iou"]) == {"background", "building"}
     assert test["pixels"] == 900 * 450  # the disjoint bottom half, nodata-free
 
-    predicted = _cli("predict", str(SCENE), "-m", str(run), "-o", str(tmp_path / "preds"), env=env)
+    predicted = run_cli("predict", str(SCENE), "-m", str(run), "-o", str(tmp_path / "preds"), cwd=REPO, env=env)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     with rasterio.open(SCENE) as scene, rasterio.open(tmp_path / "preds" / "sample_geotiff_pred.tif") as pred:
         assert (pred.crs, pred.transform, pred.shape) == (scene.crs, scene.transform, scene.shape)

@@ -18,8 +18,8 @@ from crossearth_gate.study.records import cell_record
 from crossearth_gate.study.runner import run_cells
 from crossearth_gate.study.spec import load_study, parse_study
 from crossearth_gate.util.errors import UserError
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "configs" / "studies" / "paper_claims.yaml"
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from crossearth_gate.cli import main
-from test_cli_e2e import TINY
+from support.tiny import TINY
 
 pytestmark = pytest.mark.slow
 

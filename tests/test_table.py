@@ -11,6 +11,7 @@ import yaml
 
 from crossearth_gate.cli import main
 from crossearth_gate.runs.table import load_paper_results
+from support.paths import BENCHMARKS
 
 CASID = "$CEG_DATA/CASID"
 
@@ -113,7 +114,7 @@ def test_table_matches_the_hand_written_one(runs: list[Path], tmp_path: Path,
 
 def test_every_setting_has_a_config_and_every_mean_its_settings() -> None:
     paper = load_paper_results()
-    configs = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
+    configs = BENCHMARKS
     assert sorted(row.key for row in paper.settings) == sorted(p.stem for p in configs.glob("[!_]*.yaml"))
     keys = {row.key for row in paper.settings}
     assert all(set(row.of) <= keys for row in paper.rows if row.of)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from crossearth_gate.toolbox.lora import LoRAQKV, QueryValueLoRA, wrap_qkv
 from crossearth_gate.toolbox.slots import SLOT_TYPES, Toolbox, ToolboxConfig, activated, run_block
 from crossearth_gate.util.errors import UserError
-from helpers import TINY_DEPTH, TINY_WIDTH, perturb, randomise_layerscale, tiny_timm_vit
+from support.models import TINY_DEPTH, TINY_WIDTH, perturb, randomise_layerscale, tiny_timm_vit
 
 ATOL = 1e-5
 GRID = (2, 2)

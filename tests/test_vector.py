@@ -13,10 +13,12 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.warp import transform as transform_points
 
+from crossearth_gate.config.schema import build_dataclass
 from crossearth_gate.data import vector
-from crossearth_gate.data.vector import GEO_EXTRA, PolygonLabels, polygon_labels_from_config, rasterize_labels
+from crossearth_gate.data.definition import LabelDef, PolygonLabels
+from crossearth_gate.data.vector import GEO_EXTRA, rasterize_labels
 from crossearth_gate.util.errors import UserError
-from helpers import SHARED_DATA
+from support.paths import SHARED_DATA
 
 pyogrio = pytest.importorskip("pyogrio")
 shapely = pytest.importorskip("shapely")
@@ -241,14 +243,28 @@ def test_without_the_geo_extra_one_line_names_it(scene: tuple[Path, Path], tmp_p
 
 
 def test_the_yaml_form() -> None:
-    spec = polygon_labels_from_config({"path": "b.gpkg", "class_attribute": "kind", "order": ["road", "building"],
-                                       "fill": "background", "values": {1: "building"}})
-    assert spec == PolygonLabels("b.gpkg", "kind", None, ("road", "building"), "background", {"1": "building"})
+    """A dataset definition's ``labels.polygons`` mapping becomes the spec that rasterize_labels takes."""
+    labels = build_dataclass(LabelDef, {"polygons": {"path": "b.gpkg", "class_attribute": "kind", "order": [
+        "road", "building"], "fill": "background", "values": {1: "building"}}}, "labels")
+    assert labels.polygons == PolygonLabels("b.gpkg", "kind", None, ("road", "building"), "background",
+                                            {"1": "building"})
     for raw, match in (({"path": "b.gpkg"}, "class_attribute must be a non-empty string"),
-                       ({"path": "b.gpkg", "class_attribute": "kind", "colour": 1}, r"unknown keys \['colour'\]"),
+                       ({"path": "b.gpkg", "class_attribute": "kind", "colour": 1},
+                        r"unknown config key labels.polygons.colour \(known: class_attribute, fill"),
                        ({"path": "b.gpkg", "class_attribute": "kind", "order": "road"}, "order: expected a list"),
-                       ({"path": "b.gpkg", "class_attribute": "kind", "values": {1: 2}}, "values: expected a mapping"),
-                       ({"path": "b.gpkg", "class_attribute": "kind", "fill": 0}, "fill: expected a string"),
-                       ("b.gpkg", "expected a mapping")):
+                       ("b.gpkg", "polygons: expected a mapping")):
         with pytest.raises(UserError, match=match):
-            polygon_labels_from_config(raw)
+            build_dataclass(LabelDef, {"polygons": raw}, "labels")
+
+
+def test_the_python_form_is_checked_as_the_yaml_form() -> None:
+    assert PolygonLabels("b.gpkg", "kind", order=["road"], values={1: "road"}) == PolygonLabels(
+        "b.gpkg", "kind", order=("road",), values={"1": "road"})
+    for kwargs, match in (({"path": "", "class_attribute": "kind"}, "path must be a non-empty string"),
+                          ({"path": "b.gpkg", "class_attribute": "kind", "order": "road"}, "order: expected a list"),
+                          ({"path": "b.gpkg", "class_attribute": "kind", "values": {1: 2}},
+                           "values: expected a mapping"),
+                          ({"path": "b.gpkg", "class_attribute": "kind", "fill": 0}, "fill: expected a string"),
+                          ({"path": "b.gpkg", "class_attribute": "kind", "layer": 1}, "layer: expected a string")):
+        with pytest.raises(UserError, match=match):
+            PolygonLabels(**kwargs)

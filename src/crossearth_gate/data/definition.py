@@ -20,16 +20,40 @@ MISSING = ("error", "warn")
 _HEX = re.compile(r"^#?[0-9a-fA-F]{6}$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PolygonLabels:
-    """Hook for vector labels (rasterised onto each image's grid by ``crossearth_gate.data.vector``)."""
+    """Vector labels: where the polygons are and how their attribute becomes classes (burnt onto each image's
+    grid by ``crossearth_gate.data.vector``).
 
-    path: str
-    class_attribute: str
+    ``order``: class names in painting order, later over earlier (classes not listed are painted first,
+    in class order; default: class order). ``fill``: the class of pixels under no polygon (None: ignore,
+    255). ``values``: raw attribute value → class name, for layers that store codes (default: the value
+    is the class name). Checked here, so YAML and Python callers get the same one-line errors.
+    """
+
+    path: str = ""
+    class_attribute: str = ""
     layer: str | None = None
-    order: list[str] | None = None
+    order: tuple[str, ...] | None = None
     fill: str | None = None
-    values: dict[str, str] | None = None  # attribute value -> class name, for layers that store codes
+    values: dict[str, str] | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        where = "labels.polygons"
+        for key in ("path", "class_attribute"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise UserError(f"{where}: {key} must be a non-empty string")
+        for key in ("layer", "fill"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise UserError(f"{where}.{key}: expected a string, got {getattr(self, key)!r}")
+        order, values = self.order, self.values
+        if order is not None and not (isinstance(order, list | tuple) and all(isinstance(c, str) for c in order)):
+            raise UserError(f"{where}.order: expected a list of class names, got {order!r}")
+        if values is not None and not (isinstance(values, dict) and all(isinstance(c, str) for c in values.values())):
+            raise UserError(f"{where}.values: expected a mapping of attribute value to class name, got {values!r}")
+        # frozen: normalised in place once, so a spec is hashable and its attribute values compare as text
+        object.__setattr__(self, "order", None if order is None else tuple(order))
+        object.__setattr__(self, "values", None if values is None else {str(k): v for k, v in values.items()})
 
 
 @dataclass

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_geom
 
+from crossearth_gate.data.definition import PolygonLabels
 from crossearth_gate.util.atomic import atomic_write
 from crossearth_gate.util.errors import UserError
 from crossearth_gate.util.labels import IGNORE_INDEX
@@ -33,47 +34,6 @@ from crossearth_gate.util.labels import IGNORE_INDEX
 CACHE_VERSION = 1  # bump when the burning rule changes: earlier cached rasters then no longer match
 GEO_EXTRA = "polygon labels need the geo extra: pip install 'crossearth-gate[geo]'"
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
-
-
-@dataclass(frozen=True)
-class PolygonLabels:
-    """Where the polygons are and how their attribute becomes classes.
-
-    ``order``: class names in painting order, later over earlier (classes not listed are painted first,
-    in class order; default: class order). ``fill``: the class of pixels under no polygon (None: ignore,
-    255). ``values``: raw attribute value → class name, for layers that store codes (default: the value
-    is the class name).
-    """
-
-    path: str
-    class_attribute: str
-    layer: str | None = None
-    order: tuple[str, ...] | None = None
-    fill: str | None = None
-    values: dict[str, str] | None = field(default=None, hash=False)
-
-
-def polygon_labels_from_config(raw: Any, where: str = "labels.polygons") -> PolygonLabels:
-    """A PolygonLabels from its YAML mapping (keys as the dataclass fields), refusing unknown keys and types."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a mapping with path and class_attribute, got {raw!r}")
-    known = ("path", "class_attribute", "layer", "order", "fill", "values")
-    unknown = sorted(set(raw) - set(known))
-    missing = [key for key in known[:2] if not isinstance(raw.get(key), str) or not raw[key]]
-    if unknown or missing:
-        raise UserError(f"{where}: " + (f"unknown keys {unknown} (known: {', '.join(known)})" if unknown
-                                         else f"{missing[0]} must be a non-empty string"))
-    order, values = raw.get("order"), raw.get("values")
-    if order is not None and not (isinstance(order, list) and all(isinstance(c, str) for c in order)):
-        raise UserError(f"{where}.order: expected a list of class names, got {order!r}")
-    if values is not None and not (isinstance(values, dict) and all(isinstance(c, str) for c in values.values())):
-        raise UserError(f"{where}.values: expected a mapping of attribute value to class name, got {values!r}")
-    for key in ("layer", "fill"):
-        if raw.get(key) is not None and not isinstance(raw[key], str):
-            raise UserError(f"{where}.{key}: expected a string, got {raw[key]!r}")
-    return PolygonLabels(raw["path"], raw["class_attribute"], raw.get("layer"),
-                         None if order is None else tuple(order), raw.get("fill"),
-                         None if values is None else {str(k): v for k, v in values.items()})
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import platformdirs
-
-CACHE_ENV = "CEG_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    """``$CEG_CACHE_DIR`` if set, else the platform's user cache (``~/.cache/crossearth-gate/weights`` on Linux)."""
-    override = os.environ.get(CACHE_ENV)
-    return Path(override) if override else Path(platformdirs.user_cache_dir("crossearth-gate")) / "weights"
+from crossearth_gate.util.cache import cache_dir
 
 
 def cached_file(backbone: str, source: str, version: str) -> Path:
-    return cache_dir() / f"{backbone}--{source}-{version}.safetensors"
+    """``$CEG_CACHE_DIR`` itself if set, else ``~/.cache/crossearth-gate/weights`` (util/cache.py)."""
+    return cache_dir("weights", env_is_the_folder=True) / f"{backbone}--{source}-{version}.safetensors"

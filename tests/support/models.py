@@ -1,8 +1,8 @@
-"""Tiny model builders shared by the backbone / toolbox / segmentor tests (CPU, milliseconds each)."""
+"""Tiny models built in milliseconds on a CPU: timm ViTs of every kind the backbone code handles, a frozen
+backbone, and a saved run-like model folder."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +10,15 @@ import timm
 import torch
 from torch import nn
 
-from crossearth_gate.model.backbone import BackboneInfo, FrozenViT
+from crossearth_gate.model.artefacts import save_trainable, spec_of
+from crossearth_gate.model.backbone import BackboneInfo, FrozenViT, build_backbone
+from crossearth_gate.model.segmentor import Segmentor
+from crossearth_gate.toolbox.slots import ToolboxConfig
+from support.tiny import tiny_model
 
-SHARED_DATA = Path(os.environ.get("CEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-"""The project's read-only real data (../shared/data beside the repository), or $CEG_SHARED_DATA."""
-
-TINY_WIDTH = 32
-TINY_DEPTH = 4
+_VIT = tiny_model("vit")
+TINY_WIDTH: int = _VIT["embed_dim"]
+TINY_DEPTH: int = _VIT["depth"]
 
 # name -> (timm architecture, patch size, extra timm kwargs)
 TINY_KINDS: dict[str, tuple[str, int, dict[str, Any]]] = {
@@ -28,13 +30,11 @@ TINY_KINDS: dict[str, tuple[str, int, dict[str, Any]]] = {
 
 
 def tiny_timm_vit(kind: str = "dinov2", img_size: int | None = None, seed: int = 0, **kwargs: Any) -> nn.Module:
-    """A randomly initialised timm ViT of the given kind, width 32, depth 4, two heads."""
+    """A randomly initialised timm ViT of the given kind, shaped as tiny.yaml's ``models.vit``."""
     arch, patch, extra = TINY_KINDS[kind]
     args: dict[str, Any] = {
         "img_size": img_size or 2 * patch,
-        "embed_dim": TINY_WIDTH,
-        "depth": TINY_DEPTH,
-        "num_heads": 2,
+        **_VIT,
         "dynamic_img_size": True,
         "num_classes": 0,
         **extra,
@@ -89,3 +89,13 @@ def perturb(module: nn.Module, seed: int = 0, std: float = 0.05) -> None:
 def images(height: int, width: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """Seeded random images (B, 3, H, W)."""
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def saved_tiny_model(folder: Path, window: int = 32, active: list[str] | None = None) -> Path:
+    """A run-like folder with timm's ``test_vit`` model (patch 16), built and saved in milliseconds."""
+    torch.manual_seed(0)
+    model = Segmentor(build_backbone("test_vit", "none", window), 3, ToolboxConfig(), "fpn", 16)
+    model.toolbox.set_active(active or ["spatial.0", "semantic.2"])
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = spec_of(model, ["a", "b", "c"], [[0, 0, 0], [255, 0, 0], [0, 255, 0]], 0, window, "fpn", 16)
+    return save_trainable(folder / "trainable.safetensors", model, spec)

@@ -1,4 +1,4 @@
-"""Shared fixtures of the own-imagery tests: raster scenes, label rasters and configs written as YAML."""
+"""Images on disk for the data and predict tests: GeoTIFF scenes, label rasters, PNGs, and own-data configs."""
 
 from __future__ import annotations
 
@@ -8,25 +8,10 @@ from typing import Any
 import numpy as np
 import rasterio
 import yaml
+from PIL import Image
 from rasterio.transform import from_origin
 
 TRANSFORM = from_origin(500000, 5200000, 0.5, 0.5)
-
-# A tiny ViT (patch 14) trained for a few steps: the run machinery, not a model, is under test.
-TINY_RASTER = [
-    "model.weights=none",
-    "model.backbone_kwargs={embed_dim: 32, depth: 4, num_heads: 2}",
-    "model.head_channels=16",
-    "data.crop_size=28",
-    "data.batch_size=2",
-    "eval.window=28",
-    "eval.stride=28",
-    "eval.samples_per_domain=0",
-    "train.val_every=2",
-    "train.warmup_steps=1",
-    "train.max_steps=2",
-    "train.progress=false",
-]
 
 
 def write_raster(path: Path, data: np.ndarray, nodata: float | None = None, georeferenced: bool = True,
@@ -69,4 +54,12 @@ def write_config(path: Path, source: dict[str, Any], targets: dict[str, dict[str
     tree = {"name": "own", "data": {"source": source, "targets": targets, **data},
             "toolbox": {"types": ["spatial"]}}
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def rgb_png(path: Path, size: int = 64, seed: int = 0) -> Path:
+    """Seeded random 8-bit RGB pixels as a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
     return path
