@@ -144,7 +144,10 @@ class SegDataModule(L.LightningDataModule):
         self, pairs: list[Pair], spec: DomainSpec, transform: Transform, labelled: bool = True
     ) -> SegmentationDataset:
         scenes = self._scenes.get(id(pairs))
-        dataset = SegmentationDataset(pairs, spec.info, transform, labelled, self.cache and scenes is None, scenes)
+        # Scenes are read as random windows: a batch of crops per epoch at least, even from one scene
+        crops = self.batch_size if scenes is not None and transform is self.train_transform else 0
+        dataset = SegmentationDataset(pairs, spec.info, transform, labelled, self.cache and scenes is None, scenes,
+                                      crops)
         if self.cache:
             dataset.preload()
         return dataset

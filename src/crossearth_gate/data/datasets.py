@@ -133,8 +133,12 @@ class SegmentationDataset(Dataset):
         labelled: bool = True,
         cache: bool = False,
         scenes: Sequence[Reader] | None = None,
+        min_length: int = 0,
     ) -> None:
+        """``min_length``: random crops per epoch at least, the pairs taken in turn (index modulo their number):
+        a training domain of one large scene still fills every batch with independent crops."""
         self.pairs = list(pairs)
+        self.min_length = min_length
         # Rasters: one window reader per pair (paths and numbers only, so still picklable), never cached.
         self.scenes = None if scenes is None else list(scenes)
         self.info = info
@@ -153,7 +157,7 @@ class SegmentationDataset(Dataset):
         return cls(list_pairs(spec, labelled), spec.info, transform, labelled, cache)
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return max(len(self.pairs), self.min_length)
 
     def arrays(self, index: int) -> Arrays:
         """Decoded, validated uint8 image (HxWx3) and mask (HxW, None when unlabelled)."""
@@ -178,10 +182,11 @@ class SegmentationDataset(Dataset):
         """Read (and so validate) every sample now, before workers fork, so bad files fail at setup."""
         if self.scenes is not None:
             return  # checked when their scenes were opened; read window by window
-        for index in range(len(self)):
+        for index in range(len(self.pairs)):
             self.arrays(index)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        index %= len(self.pairs)
         if self.scenes is not None:
             image_t, mask_t = self.transform.from_reader(self.scenes[index])  # type: ignore[attr-defined]
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,10 +107,16 @@ class GateCallback(L.Callback):
     def _source_batches(self, seed: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The labelled source samples, cropped from their own seeded stream and drawn in full before the
         first is yielded: the training crops after a selection are those of a run without the gate."""
+        drawn: list[tuple[torch.Tensor, torch.Tensor]] = []
+        count = 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            drawn = [(batch["image"].to(device), batch["mask"].to(device))
-                     for batch in self.datamodule.fisher_dataloader(self.num_samples, seed=seed)]
+            loader = self.datamodule.fisher_dataloader(self.num_samples, seed=seed)
+            for batch in itertools.chain.from_iterable(itertools.repeat(loader)):  # more passes if the set is small
+                drawn.append((batch["image"].to(device), batch["mask"].to(device)))
+                count += len(batch["image"])
+                if count >= self.num_samples:  # only what the score reads: the whole set cost seconds a selection
+                    break
         yield from drawn
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
