@@ -82,7 +82,8 @@ def onnx_bytes(model: Segmentor, window: int) -> bytes:
     example = torch.zeros(1, input_channels(model), window, window)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the tracer's notes on shapes it fixes: the window is fixed on purpose
+        # the tracer's notes on shapes it fixes (the window is fixed on purpose); any other warning still shows
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(model.eval(), (example,), buffer, dynamo=False, opset_version=OPSET,
                           input_names=[INPUT], output_names=[OUTPUT],
                           dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, do_constant_folding=True)
