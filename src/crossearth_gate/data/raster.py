@@ -6,8 +6,10 @@ today's decoded pixels, and so today's numbers, do not move.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import numpy as np
 import rasterio
 import rasterio.errors
 import rasterio.windows
+from rasterio.enums import MaskFlags
 from rasterio.transform import Affine
 
 from crossearth_gate.util.errors import UserError
@@ -40,24 +43,52 @@ def is_raster(path: str | Path) -> bool:
 
 
 @contextmanager
-def open_raster(path: str | Path) -> Iterator[rasterio.DatasetReader]:
-    """rasterio.open with GDAL's errors as one line naming the file."""
-    # A remote file is opened without listing its "folder" (one request instead of many).
-    options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if is_remote(path) else {}
+def raster_errors(path: str | Path) -> Iterator[None]:
+    """GDAL's errors while opening or reading ``path`` as one line naming the file."""
     try:
-        with rasterio.Env(**options):
-            with warnings.catch_warnings():
-                # a plain grid (a label mask, a JPEG) is allowed: Grid compares transforms only when both have one
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                opened = rasterio.open(gdal_path(path))
-            with opened as src:
-                yield src
+        yield
     except rasterio.errors.RasterioIOError as err:
         if not is_remote(path) and not Path(path).exists():
             raise UserError(f"file not found: {path}") from None
         raise UserError(f"cannot read {path}: {' '.join(str(err).split())}") from None
     except rasterio.errors.RasterioError as err:
         raise UserError(f"cannot read {path}: {' '.join(str(err).split())}") from None
+
+
+def _open(path: str | Path) -> rasterio.DatasetReader:
+    # A remote file is opened without listing its "folder" (one request instead of many).
+    options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if is_remote(path) else {}
+    with rasterio.Env(**options), warnings.catch_warnings():
+        # a plain grid (a label mask, a JPEG) is allowed: Grid compares transforms only when both have one
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        return rasterio.open(gdal_path(path))
+
+
+@contextmanager
+def open_raster(path: str | Path) -> Iterator[rasterio.DatasetReader]:
+    """rasterio.open with GDAL's errors as one line naming the file; closed on leaving."""
+    with raster_errors(path):
+        with _open(path) as src:
+            yield src
+
+
+KEPT_OPEN = 32
+_kept: OrderedDict[tuple[int, str], rasterio.DatasetReader] = OrderedDict()
+
+
+def kept_open(path: str | Path) -> rasterio.DatasetReader:
+    """A dataset this process keeps open (the last ``KEPT_OPEN`` files): a training crop reads its window
+    without opening the file again, which cost more than reading a 224-pixel window. Keyed by process, so a
+    DataLoader worker opens its own. Call inside ``raster_errors(path)``."""
+    key = (os.getpid(), str(path))
+    src = _kept.get(key)
+    if src is None or src.closed:
+        src = _kept[key] = _open(path)
+        mine = [k for k in _kept if k[0] == key[0]]
+        if len(mine) > KEPT_OPEN:
+            _kept.pop(mine[0]).close()
+    _kept.move_to_end(key)
+    return src
 
 
 @dataclass(frozen=True)
@@ -159,13 +190,14 @@ def read_bands(src: rasterio.DatasetReader, bands: list[int], window: rasterio.w
     ``nodata`` overrides the file's own nodata value; NaN/inf of float data is never valid.
     """
     shape = None if out_shape is None else (len(bands), *out_shape)
-    if nodata is None:
+    every_pixel_valid = all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in bands)
+    if nodata is None and not every_pixel_valid:  # a masked read costs several plain ones: only when it can mask
         data = src.read(indexes=bands, window=window, masked=True, out_shape=shape)
         band_valid = ~np.ma.getmaskarray(data)
         values = np.asarray(data.data, dtype=np.float32)
     else:
         values = np.asarray(src.read(indexes=bands, window=window, out_shape=shape), dtype=np.float32)
-        band_valid = values != np.float32(nodata)
+        band_valid = np.ones_like(values, bool) if nodata is None else values != np.float32(nodata)
     band_valid &= np.isfinite(values)
     return values, band_valid.any(axis=0)
 
@@ -177,7 +209,8 @@ def decimated_shape(height: int, width: int, side: int) -> tuple[int, int]:
 
 def read_label(path: str | Path, window: rasterio.windows.Window | None) -> np.ndarray:
     """Raw label band 1 over the window (its values decoded by the dataset's definition)."""
-    with open_raster(path) as src:
+    with raster_errors(path):
+        src = kept_open(path)
         if src.count != 1 and src.count != 3:
             raise UserError(f"{path}: expected a 1-band label raster (or RGB colours), found {src.count} bands")
         if src.count == 3:

@@ -21,7 +21,9 @@ from crossearth_gate.data.raster import (
     check_label_grid,
     decimated_shape,
     grid_of,
+    kept_open,
     open_raster,
+    raster_errors,
     read_bands,
     read_label,
     region_of,
@@ -56,8 +58,8 @@ class RasterScene:
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[torch.Tensor, np.ndarray | None, float]:
         window = self._window(y0, y1, x0, x1)
-        with open_raster(self.image) as src:
-            values, valid = read_bands(src, self.bands, window, self.nodata)
+        with raster_errors(self.image):
+            values, valid = read_bands(kept_open(self.image), self.bands, window, self.nodata)
         if self.fill is not None and not valid.all():
             values[:, ~valid] = self.fill[:, None]
         image = as_tensor(np.ascontiguousarray(values.transpose(1, 2, 0)), x0 == 0 and x1 == self.region.width)
