@@ -283,6 +283,9 @@ def summarise(setup: BenchSetup, selected: Selected, rows: list[dict[str, Any]],
         r["step_vs_all_on_spread"] = ([ratio_spreads[key]["min"], ratio_spreads[key]["max"]]
                                       if key in ratio_spreads else [1.0, 1.0])
         r["activations_vs_all_on"] = r["saved_activation_mb"] / by["all-on"]["saved_activation_mb"]
+        if name != "full-finetune":  # the cost model prices slot sets of a frozen backbone; frozen = no slot on
+            r["predicted_step_vs_all_on"] = selected.cost.step_fraction(r["active"])
+            r["prediction_error"] = r["predicted_step_vs_all_on"] - r["step_vs_all_on"]
     ratios = {name: s["median"] for name, s in ratio_spreads.items()}
     ratios["compute_aware_predicted_step_vs_all_on"] = selected.budget_record["step_fraction"]
     ratios["compute_aware_peak_rss_vs_full_finetune"] = (by["compute-aware"]["peak_rss_mb"]
@@ -322,16 +325,19 @@ def summarise(setup: BenchSetup, selected: Selected, rows: list[dict[str, Any]],
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [
+        f"gated sets: {result['sets']['source']}",
+        "",
         "| config | active slots | lowest active | trainable params | step (s) | × all-on (min–max) | "
-        "saved activations (MB) | × all-on | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "predicted × all-on | saved activations (MB) | × all-on | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lowest = "–" if r["lowest_active_layer"] is None else r["lowest_active_layer"]
         low, high = r["step_vs_all_on_spread"]
+        predicted = f"{r['predicted_step_vs_all_on']:.3f}" if "predicted_step_vs_all_on" in r else "–"
         lines.append(
             f"| {r['config']} | {r['active_slots']} | {lowest} | {r['trainable_params']:,} | {r['step_s']:.3f} | "
-            f"{r['step_vs_all_on']:.3f} ({low:.3f}–{high:.3f}) | {r['saved_activation_mb']:.0f} | "
+            f"{r['step_vs_all_on']:.3f} ({low:.3f}–{high:.3f}) | {predicted} | {r['saved_activation_mb']:.0f} | "
             f"{r['activations_vs_all_on']:.2f} | {r['peak_rss_mb']:.0f} |"
         )
     if "predict" in result:
