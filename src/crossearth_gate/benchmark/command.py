@@ -197,9 +197,10 @@ def interleaved_steps(workers: dict[str, Worker], steps: int, index: int) -> dic
     """``steps`` passes, each timing ONE step of every configuration, the order rotating from pass to pass.
 
     Measured as blocks of consecutive steps, a configuration was up to a whole round (~30 s on a 2-core
-    CPU) away from the all-on steps it is divided by, and the machine's speed drifts within that; one
-    step per configuration per pass keeps them seconds apart. A step right after the process idled was
-    measured no slower than the steps after it (the per-step times are kept in the JSON to check).
+    CPU) away from the all-on steps it is divided by, and the machine's speed drifted by up to 10 % between
+    blocks; one step per configuration per pass keeps them seconds apart. A step right after its process
+    idled measured 0.97–1.08 × the next ones (median 1.005): a small, even cost beside the drift (every
+    step's time is kept in the JSON to check).
     """
     times: dict[str, list[float]] = {config: [] for config in CONFIGS}
     for step in range(steps):
