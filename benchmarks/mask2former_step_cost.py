@@ -41,7 +41,7 @@ def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def step_cost(backbone: str, size: int, batch: int, device: str) -> dict[str, Any]:
+def step_cost(backbone: str, size: int, batch: int, device: str, rounds: int = 3) -> dict[str, Any]:
     """One forward + backward, counted. On ``meta`` (no data, no memory: ViT-L costs nothing) the loss is the
     sum of every head output, which sends gradients through the same tensors as Mask2Former's loss (its
     matching and point sampling, uncounted either way, need real numbers); on ``cpu`` it is the real loss."""
@@ -90,9 +90,30 @@ def step_cost(backbone: str, size: int, batch: int, device: str) -> dict[str, An
         "grad_and_adamw_state_bytes_fp32": 3 * 4 * trainable,
     }
     if device == "cpu":
-        row.update({"peak_rss_step_bytes": peak_rss - rss_before, "cpu_step_seconds": round(seconds, 2),
+        steps = timed_cpu_steps(model, images, masks, rounds)
+        row.update({"peak_rss_step_bytes": peak_rss - rss_before, "cpu_first_step_seconds": round(seconds, 2),
+                    "cpu_step_seconds": round(steps["median"], 3), "cpu_step_seconds_spread": steps,
                     "cpu_threads": torch.get_num_threads()})
     return row
+
+
+def timed_cpu_steps(model: Any, images: torch.Tensor, masks: torch.Tensor, rounds: int) -> dict[str, Any]:
+    """The step after the counted one, ``rounds`` times (the counted one was the warm-up): median and min–max,
+    as the benchmark's rounds (crossearth_gate.benchmark.spread), with its warning when the spread relative to
+    the median is wider than ±0.05."""
+    from crossearth_gate.benchmark.spread import spread, warning_line, wide
+
+    times = []
+    for _ in range(rounds):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        _loss(model, model.head_outputs(images), masks, "cpu").backward()
+        times.append(time.perf_counter() - start)
+    record = spread(times)
+    relative = spread([t / record["median"] for t in times])
+    if line := warning_line(wide({"cpu_step_seconds / median": relative}), rounds):
+        print(line, file=sys.stderr)
+    return record
 
 
 def _loss(model: Any, outputs: Any, masks: torch.Tensor, device: str) -> torch.Tensor:
@@ -111,22 +132,26 @@ def main() -> None:
                         help="also run for real on the CPU (time, resident memory)")
     parser.add_argument("--img-size", type=int, default=518)  # 37 patches of 14: the benchmarks' crop
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="cpu rows: timed steps after the counted one")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: BACKBONE DEVICE, print JSON
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(step_cost(args.one[0], args.img_size, args.batch_size, args.one[1])))
+        print(json.dumps(step_cost(args.one[0], args.img_size, args.batch_size, args.one[1], args.rounds)))
         return
     cases = [(b, "meta") for b in args.backbones] + [(b, "cpu") for b in args.cpu_backbones]
     rows = []
     for backbone, device in cases:  # one process each: its own peak resident memory
         run = subprocess.run([sys.executable, __file__, "--one", backbone, device, "--img-size", str(args.img_size),
-                              "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+                              "--batch-size", str(args.batch_size), "--rounds", str(args.rounds)],
+                             capture_output=True, text=True, check=True)
         rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        sys.stderr.writelines(line for line in run.stderr.splitlines(True) if line.startswith("WARNING: spread"))
         print(json.dumps(rows[-1]), flush=True)
     import transformers
 
     command = (f"python benchmarks/mask2former_step_cost.py --img-size {args.img_size} --batch-size {args.batch_size}"
+               f" --rounds {args.rounds}"
                f" --backbones {' '.join(args.backbones)} --cpu-backbones {' '.join(args.cpu_backbones)}")
     record = {"command": f"{command} --out {args.out}", "torch": torch.__version__,
               "transformers": transformers.__version__, "rows": rows}

@@ -4,6 +4,7 @@ headline ratio, the profile, and a command that reproduces the run."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,12 @@ def test_every_configuration_is_measured_side_by_side(result: tuple[dict, Path])
     k = data["selection"]["k"]
     assert rows["gated"]["active"] == data["selection"]["gated_active"] and len(rows["gated"]["active"]) == k
     assert rows["compute-aware"]["active"] == rows["gated"]["active"], "a budget of 1.0 never binds: plain top-k"
+    assert data["sets"]["source"] == "selected in this run" and data["sets"]["gated"] == rows["gated"]["active"]
+    # the cost model's prediction beside every measured ratio it prices (full fine-tuning: not a slot set)
+    assert rows["all-on"]["predicted_step_vs_all_on"] == pytest.approx(1.0)
+    assert "predicted_step_vs_all_on" not in rows["full-finetune"]
+    assert rows["frozen"]["predicted_step_vs_all_on"] == pytest.approx(
+        data["compute_aware"]["cost_model"]["fixed_s"] / data["compute_aware"]["probes"][-1]["seconds"])
     assert {n.split(".")[0] for n in rows["lora"]["active"]} == {"spatial"}
     assert rows["frozen"]["active_slots"] == 0 and rows["frozen"]["lowest_active_layer"] is None
     assert rows["full-finetune"]["trainable_params"] > rows["all-on"]["trainable_params"]
@@ -87,6 +94,7 @@ def test_every_ratio_is_measured_per_round_with_its_spread(result: tuple[dict, P
     for i, record in enumerate(data["rounds"]):
         steps = record["step_s"]
         assert set(steps) == set(CONFIGS)
+        assert all(steps[c] == statistics.median(record["step_times_s"][c]) for c in CONFIGS)
         assert data["ratio_spreads"]["gated_step_vs_all_on"]["rounds"][i] == steps["gated"] / steps["all-on"]
         merged = record["predict"]["torch-merged_megapixels_per_s"]
         assert data["ratio_spreads"]["predict_onnx_vs_torch_merged_throughput"]["rounds"][i] == (

@@ -314,3 +314,47 @@ def test_every_rank_budgets_with_rank_0s_cost_model_and_selects_the_same_set(tmp
     (cost0, active0), (cost1, active1) = (torch.load(tmp_path / f"{r}.pt") for r in range(2))
     assert cost0 == cost1 and cost0["block_s"] == [0.25, 0.25]
     assert active0 == active1 and active0
+
+
+def _reduced_fit(probes: list[list[str]], seconds: list[float], types: list[str], depth: int) -> list[float]:
+    """The anchored fit computed another way: fixed = the empty probe, the block cost eliminated through the
+    all-slots probe, the remaining type costs by an ordinary least squares of relative errors (numpy)."""
+    import numpy as np
+
+    def row(active: list[str]) -> list[float]:
+        layers = [int(n.split(".")[1]) for n in active]
+        return [float(depth - min(layers)) if layers else 0.0, *[float(sum(n.split(".")[0] == t for n in active))
+                                                                  for t in types]]
+
+    empty, full = probes.index([]), max(range(len(probes)), key=lambda i: len(probes[i]))
+    fixed, f_row = seconds[empty], row(probes[full])
+    # b = (seconds[full] - fixed - Σ f_t c_t) / f_b, substituted into every other probe
+    a, y = [], []
+    for i, active in enumerate(probes):
+        if i in (empty, full):
+            continue
+        r = row(active)
+        scale = r[0] / f_row[0]
+        a.append([(r[1 + j] - scale * f_row[1 + j]) / seconds[i] for j in range(len(types))])
+        y.append((seconds[i] - fixed - scale * (seconds[full] - fixed)) / seconds[i])
+    c = np.linalg.lstsq(np.array(a), np.array(y), rcond=None)[0]
+    b = (seconds[full] - fixed - float(np.dot(f_row[1:], c))) / f_row[0]
+    return [fixed, b, *c.tolist()]
+
+
+def test_fit_is_exact_at_the_empty_and_all_slots_probes_and_least_squares_elsewhere() -> None:
+    """Timings from a known model with a known fixed term, noise on the middle probes only: the fixed term
+    and the all-on step come back exactly, the rest matches an independent elimination-and-lstsq solution."""
+    slots = names(4)
+    truth = CostModel(0.55, (0.03,) * 4, {"spatial": 0.009, "semantic": 0.003, "frequency": 0.014},
+                      {"spatial": 8, "semantic": 6, "frequency": 9})
+    probes = probe_sets(slots)
+    noise = [0.0, 0.012, -0.008, 0.015, -0.01, 0.006, 0.011, 0.0]
+    seconds = [truth.step_s(p) + e for p, e in zip(probes, noise, strict=True)]
+    fitted = fit_cost_model(probes, seconds, truth.type_params, 4)
+    assert fitted.fixed_s == pytest.approx(0.55, abs=1e-12), "the fixed term is what the empty set really pays"
+    assert fitted.all_on_s == pytest.approx(truth.all_on_s, abs=1e-12)
+    assert fitted.step_fraction([]) == pytest.approx(0.55 / truth.all_on_s, abs=1e-12)
+    expected = _reduced_fit(probes, seconds, list(truth.type_params), 4)
+    got = [fitted.fixed_s, fitted.block_s[0], *fitted.type_s.values()]
+    assert got == pytest.approx(expected, abs=1e-9)

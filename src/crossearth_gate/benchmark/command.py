@@ -23,6 +23,7 @@ import argparse
 import os
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -34,6 +35,7 @@ import torch
 from ..gating import Budget
 from ..util.atomic import atomic_write_json, atomic_write_text
 from ..util.errors import UserError
+from .sets import check_against, read_sets, sets_record
 from .spread import spreads, warning_line, wide
 from .steps import StepMeasurer
 from .workers import Worker
@@ -60,10 +62,13 @@ class BenchSetup:
     rounds: int = 3
     predict_size: int = 1024
     threads: int = 0  # 0: torch's default
+    sets: str | None = None  # a sets file (sets.py): time its sets instead of this run's selections
 
-    def command(self, out: Path | None, profile: Path | None) -> str:
+    def command(self, out: Path | None, profile: Path | None, select_only: bool = False) -> str:
         flags = [f"--{f.name.replace('_', '-')} {shlex.quote(str(getattr(self, f.name)))}"
-                 for f in fields(self) if f.name != "threads"]
+                 for f in fields(self) if f.name not in ("threads", "sets")]
+        flags += [f"--sets {shlex.quote(self.sets)}"] if self.sets else []
+        flags += ["--select-only"] if select_only else []
         flags += [f"--out {shlex.quote(str(out))}"] if out else []
         flags += [f"--profile {shlex.quote(str(profile))}"] if profile else []
         return "crossearth-gate benchmark " + " ".join(flags)
@@ -86,13 +91,20 @@ class Selected:
     images: torch.Tensor
     masks: torch.Tensor
     spec: Any
+    sets: dict[str, Any]
+    probes: list[dict[str, Any]]
 
 
-def select_sets(setup: BenchSetup) -> Selected:
-    """The real Fisher selection, the compute-aware one on the same scores, and the merged models."""
+def select_sets(setup: BenchSetup, given: dict[str, Any] | None = None) -> Selected:
+    """The real Fisher selection, the compute-aware one on the same scores, and the merged models.
+
+    With ``given`` sets (sets.py) the selection and the calibration still run (the scores and the cost
+    model price the given sets), but the given sets are the ones timed: two runs time identical sets.
+    """
     from ..data import get_dataset_info
-    from ..gating import FisherSelector, budgeted_top_k, calibrate, resolve_k
+    from ..gating import FisherSelector, budgeted_top_k, resolve_k
     from ..gating.budget import budget_record
+    from ..gating.calibration import fit_cost_model, time_probes, type_param_counts
     from ..heads.losses import per_sample_cross_entropy
     from ..model.artefacts import spec_of
     from ..model.merge import merge_for_inference
@@ -115,22 +127,32 @@ def select_sets(setup: BenchSetup) -> Selected:
     k = resolve_k(GATE_K, len(toolbox.slot_names))
     fisher = [(b["image"], b["mask"]) for b in data.fisher_dataloader(setup.num_samples, seed=cfg.train.seed)]
     gated = FisherSelector("loop").select(model, toolbox, fisher, per_sample_cross_entropy, setup.num_samples, k, 0)
-    cost, calibration_s = timed(lambda: calibrate(model, toolbox, images, masks, per_sample_cross_entropy),
-                                images.device)
+    (probes, probe_s), calibration_s = timed(
+        lambda: time_probes(model, toolbox, images, masks, per_sample_cross_entropy), images.device)
+    cost = fit_cost_model(probes, probe_s, type_param_counts(toolbox), toolbox.depth)
     budget = Budget(step_fraction=setup.step_fraction)
     aware = budgeted_top_k(gated.normalized, k, cost, budget)
+    selected_here = sets_record(gated.active, aware, asdict(setup))
+    if given is None:
+        sets = {**selected_here, "source": "selected in this run"}
+    else:
+        check_against(given, setup.backbone, toolbox.slot_names)
+        sets = {**given, "source": f"file {given['file']}", "selected_in_this_run": selected_here}
+    chosen, aware = sets["gated"], sets["compute_aware"]
     models = {}
-    for name, active in (("merged_gated", gated.active), ("merged_compute_aware", aware)):
+    for name, active in (("merged_gated", chosen), ("merged_compute_aware", aware)):
         with activated(toolbox, active):
             models[name] = merge_for_inference(model)
     dataset = get_dataset_info(cfg.data.source.dataset)
-    with activated(toolbox, gated.active):
+    with activated(toolbox, chosen):
         spec = spec_of(model, list(dataset.classes), [list(c) for c in dataset.palette], cfg.train.seed,
                        setup.img_size, cfg.model.head, cfg.model.head_channels, cfg.model.backbone_kwargs)
     toolbox.set_active([])
     models["bare"] = model.eval()  # the bare backbone + head; the selection rounds switch slots back off
-    return Selected(model, fisher, k, gated.active, aware, gated.normalized, cost, calibration_s,
-                    budget_record(aware, gated.normalized, k, cost, budget), models, images, masks, spec)
+    return Selected(model, fisher, k, chosen, aware, gated.normalized, cost, calibration_s,
+                    budget_record(aware, gated.normalized, k, cost, budget), models, images, masks, spec, sets,
+                    [{"active": p, "seconds": t, "predicted_s": cost.step_s(p)}
+                     for p, t in zip(probes, probe_s, strict=True)])
 
 
 def _forever(data: Any) -> Any:
@@ -171,16 +193,33 @@ def start_step_workers(setup: BenchSetup, selected: Selected, profile: bool) -> 
     return workers
 
 
+def interleaved_steps(workers: dict[str, Worker], steps: int, index: int) -> dict[str, list[float]]:
+    """``steps`` passes, each timing ONE step of every configuration, the order rotating from pass to pass.
+
+    Measured as blocks of consecutive steps, a configuration was up to a whole round (~30 s on a 2-core
+    CPU) away from the all-on steps it is divided by, and the machine's speed drifted by up to 10 % between
+    blocks; one step per configuration per pass keeps them seconds apart. A step right after its process
+    idled measured 0.97–1.08 × the next ones (median 1.005): a small, even cost beside the drift (every
+    step's time is kept in the JSON to check).
+    """
+    times: dict[str, list[float]] = {config: [] for config in CONFIGS}
+    for step in range(steps):
+        shift = (index * steps + step) % len(CONFIGS)
+        for config in CONFIGS[shift:] + CONFIGS[:shift]:
+            times[config].append(workers[config].measure()["step_s"])
+    return times
+
+
 def one_round(setup: BenchSetup, selected: Selected, workers: dict[str, Worker], predict: Any,
               index: int) -> dict[str, Any]:
-    """Everything once, one at a time; the configurations' order rotates so none always runs first."""
+    """Everything once, one at a time; the training steps interleaved (see ``interleaved_steps``)."""
     from .measure import inference_s
 
     selection = selection_round(setup, selected)
     inference = inference_s(selected.models, selected.images, setup.warmup_steps, setup.steps)
-    order = CONFIGS[index % len(CONFIGS):] + CONFIGS[: index % len(CONFIGS)]
-    steps = {config: workers[config].measure()["step_s"] for config in order}
-    return {"selection_s": selection, "inference_s": inference, "step_s": steps,
+    times = interleaved_steps(workers, setup.steps, index)
+    steps = {config: statistics.median(values) for config, values in times.items()}
+    return {"selection_s": selection, "inference_s": inference, "step_s": steps, "step_times_s": times,
             "predict": predict.measure_round(index) if predict is not None else {}}
 
 
@@ -203,10 +242,10 @@ def round_ratios(record: dict[str, Any]) -> dict[str, float]:
     return ratios
 
 
-def run_benchmark(setup: BenchSetup, profile: bool = False) -> dict[str, Any]:
+def run_benchmark(setup: BenchSetup, profile: bool = False, given: dict[str, Any] | None = None) -> dict[str, Any]:
     from .predict import start_predict
 
-    selected = select_sets(setup)
+    selected = select_sets(setup, given)
     workers = start_step_workers(setup, selected, profile)
     predict = None
     with tempfile.TemporaryDirectory(prefix="ceg-bench-") as folder:
@@ -245,6 +284,9 @@ def summarise(setup: BenchSetup, selected: Selected, rows: list[dict[str, Any]],
         r["step_vs_all_on_spread"] = ([ratio_spreads[key]["min"], ratio_spreads[key]["max"]]
                                       if key in ratio_spreads else [1.0, 1.0])
         r["activations_vs_all_on"] = r["saved_activation_mb"] / by["all-on"]["saved_activation_mb"]
+        if name != "full-finetune":  # the cost model prices slot sets of a frozen backbone; frozen = no slot on
+            r["predicted_step_vs_all_on"] = selected.cost.step_fraction(r["active"])
+            r["prediction_error"] = r["predicted_step_vs_all_on"] - r["step_vs_all_on"]
     ratios = {name: s["median"] for name, s in ratio_spreads.items()}
     ratios["compute_aware_predicted_step_vs_all_on"] = selected.budget_record["step_fraction"]
     ratios["compute_aware_peak_rss_vs_full_finetune"] = (by["compute-aware"]["peak_rss_mb"]
@@ -259,6 +301,7 @@ def summarise(setup: BenchSetup, selected: Selected, rows: list[dict[str, Any]],
         "ratio_spreads": ratio_spreads,
         "spread_warning": warning_line(flagged, setup.rounds),
         "rows": rows,
+        "sets": selected.sets,
         "selection": {
             "k": selected.k, "num_samples": setup.num_samples, "every": setup.every,
             "gated_active": selected.gated, "normalized_scores": selected.scores,
@@ -268,7 +311,7 @@ def summarise(setup: BenchSetup, selected: Selected, rows: list[dict[str, Any]],
         },
         "compute_aware": {
             "budget": selected.budget_record, "cost_model": selected.cost.to_dict(),
-            "calibration_s": selected.calibration_s,
+            "calibration_s": selected.calibration_s, "probes": selected.probes,
         },
         "inference": {f"{name}_s": s["median"] for name, s in spreads([r["inference_s"] for r in rounds]).items()},
         "rounds": rounds,
@@ -283,16 +326,19 @@ def summarise(setup: BenchSetup, selected: Selected, rows: list[dict[str, Any]],
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [
+        f"gated sets: {result['sets']['source']}",
+        "",
         "| config | active slots | lowest active | trainable params | step (s) | × all-on (min–max) | "
-        "saved activations (MB) | × all-on | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "predicted × all-on | saved activations (MB) | × all-on | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lowest = "–" if r["lowest_active_layer"] is None else r["lowest_active_layer"]
         low, high = r["step_vs_all_on_spread"]
+        predicted = f"{r['predicted_step_vs_all_on']:.3f}" if "predicted_step_vs_all_on" in r else "–"
         lines.append(
             f"| {r['config']} | {r['active_slots']} | {lowest} | {r['trainable_params']:,} | {r['step_s']:.3f} | "
-            f"{r['step_vs_all_on']:.3f} ({low:.3f}–{high:.3f}) | {r['saved_activation_mb']:.0f} | "
+            f"{r['step_vs_all_on']:.3f} ({low:.3f}–{high:.3f}) | {predicted} | {r['saved_activation_mb']:.0f} | "
             f"{r['activations_vs_all_on']:.2f} | {r['peak_rss_mb']:.0f} |"
         )
     if "predict" in result:
@@ -308,6 +354,17 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def select_only(setup: BenchSetup, out: Path) -> None:
+    """The set-up's selections only, written as a sets file for ``--sets``: nothing is timed."""
+    selected = select_sets(setup)
+    record = {**sets_record(selected.gated, selected.aware, asdict(setup)),
+              "command": setup.command(out, None, select_only=True),
+              "compute_aware_predicted_step_vs_all_on": selected.budget_record["step_fraction"],
+              "normalized_scores": selected.scores, "cost_model": selected.cost.to_dict()}
+    atomic_write_json(out, record)
+    print(f"gated: {' '.join(selected.gated)}\ncompute-aware: {' '.join(selected.aware)}\nsaved {out}")
+
+
 def benchmark_cli(args: argparse.Namespace) -> None:
     if args.io:
         from .io import io_cli
@@ -319,15 +376,21 @@ def benchmark_cli(args: argparse.Namespace) -> None:
     if args.predict_size and args.predict_size < args.img_size:
         raise UserError(f"--predict-size {args.predict_size}: 0 (no predict section) or at least --img-size")
     Budget(step_fraction=args.step_fraction)  # a bad budget fails now, not after the selection phase
+    if args.select_only and (args.sets is not None or args.out is None):
+        raise UserError("--select-only writes the sets this run selects to --out: give --out, not --sets")
+    given = read_sets(args.sets) if args.sets is not None else None  # a bad file fails before any work
     setup = BenchSetup(
         weights=args.weights, backbone=args.backbone, img_size=args.img_size, batch_size=args.batch_size,
         steps=args.steps, warmup_steps=args.warmup_steps, select_after=args.select_after, every=args.every,
         num_samples=args.num_samples, step_fraction=args.step_fraction, rounds=args.rounds,
         predict_size=args.predict_size, threads=torch.get_num_threads(),
+        sets=None if args.sets is None else str(args.sets),
     )
+    if args.select_only:
+        return select_only(setup, args.out)
     if args.profile is not None:
         os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's child process: no GPU-probe errors
-    result = run_benchmark(setup, profile=args.profile is not None)
+    result = run_benchmark(setup, profile=args.profile is not None, given=given)
     result["command"] = setup.command(args.out, args.profile)
     if args.profile is not None:
         header = f"# torch.profiler: one all-on training step, by self CPU time\n# {result['command']}\n\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import resource
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,11 @@ def peak_rss_mb() -> float:
 
 
 class StepMeasurer:
-    """Built once (model, saved activations, warm-up steps); each ``measure()`` is one round's median step."""
+    """Built once (model, saved activations, warm-up steps); each ``measure()`` times ONE training step.
+
+    The rounds interleave the configurations step by step (``command.one_round``), so a configuration's
+    steps and the all-on steps it is divided by are seconds apart, not a whole round apart.
+    """
 
     def __init__(self, setup: Any, config: str, active: list[str] | None, images: np.ndarray, masks: np.ndarray,
                  profile: bool):
@@ -41,8 +44,7 @@ class StepMeasurer:
         timed_steps(self.model, self.optimizer, self.x, self.y, setup.warmup_steps)
 
     def measure(self) -> dict[str, Any]:
-        return {"step_s": statistics.median(timed_steps(self.model, self.optimizer, self.x, self.y,
-                                                        self.setup.steps))}
+        return {"step_s": timed_steps(self.model, self.optimizer, self.x, self.y, 1)[0]}
 
     def finish(self) -> dict[str, Any]:
         toolbox = self.model.toolbox

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="side of the GeoTIFF predicted per round (0: no predict section)")
     p.add_argument("--out", type=Path, help="JSON file for the results")
     p.add_argument("--profile", type=Path, help="text file for torch.profiler's table of one all-on training step")
+    p.add_argument("--sets", type=Path, help="time the gated sets of this file (from --select-only or an earlier "
+                                             "benchmark JSON) instead of this run's selections")
+    p.add_argument("--select-only", action="store_true", help="only select the gated sets; write them to --out")
     p.add_argument("--io", action="store_true", help="instead: training-crop reading, GeoTIFF windows vs JPEG tiles "
                                                      "(crops of --img-size), and peak RSS by scene size")
     p.add_argument("--io-crops", type=int, default=40, help="--io: crops per round and reader (5 rounds)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from ..util.errors import UserError
 from ..util.seeds import derive_seed
 from .held_writes import HeldWrites
 from .losses import fisher_loss
+from .phases import PhaseClock
 
 
 def trainable_digest(model: torch.nn.Module) -> str:
@@ -82,6 +84,7 @@ class GateCallback(L.Callback):
         self.run_dir = run_dir
         self.held = held  # a continuation writes its artefacts aside until its first checkpoint
         self.ever_active: set[str] = set()
+        self.clock: PhaseClock | None = None  # fit's phases: calibration and selections timed as the gate's
         self.fisher_data = fisher_data  # None: labelled source samples (DG); in DA the adaptation's samples
         if g.fisher_method == "vmap" and not task.model.head.supports_vmap:
             raise UserError("gate.fisher_method vmap cannot differentiate a head loss with Hungarian matching "
@@ -119,7 +122,14 @@ class GateCallback(L.Callback):
                     break
         yield from drawn
 
+    def _timed(self) -> AbstractContextManager[None]:
+        return self.clock.phase("gate") if self.clock is not None else nullcontext()
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with self._timed():
+            self._calibrate(pl_module)
+
+    def _calibrate(self, pl_module: L.LightningModule) -> None:
         """Measure (or read back from the run directory) the cost model a budgeted gate selects with."""
         selector = self.gate.selector
         if not isinstance(selector, BudgetedSelector):
@@ -132,6 +142,10 @@ class GateCallback(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        with self._timed():
+            self._maybe_select(trainer, pl_module)
+
+    def _maybe_select(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
         selection = self.gate.maybe_select(
             step, self.scored, self._batches(pl_module.device, trainer.global_rank), self.loss

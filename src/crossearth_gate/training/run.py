@@ -24,6 +24,7 @@ from .csv_log import RunCSVLogger
 from .ddp import slot_aware_strategy
 from .gate_callback import GateCallback
 from .held_writes import HeldModelCheckpoint, HeldWrites
+from .phases import PhaseClock, ValidationTimer
 from .progress import StepProgressBar
 from .resume import LastCheckpoint, RandomStates
 from .task import SOURCE_VAL, SegmentationTask, input_kernels
@@ -106,9 +107,39 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     Returns the metrics on the global-zero process (None on the other DDP ranks).
     """
     run_dir = Path(run_dir)
-    start = run_folder.prepare(cfg, run_dir, resume)  # before anything in run_dir is written
+    clock = PhaseClock()
+    with clock.phase("set-up"):
+        start = run_folder.prepare(cfg, run_dir, resume)  # before anything in run_dir is written
     if start.metrics is not None:
         return start.metrics
+    with clock.phase("set-up"):
+        trainer, task, datamodule, checkpoint, gate_cb, timer, held, validate, start = _set_up(
+            cfg, run_dir, start, clock)
+    ckpt_path = str(start.checkpoint) if start.checkpoint else None
+    try:
+        with clock.phase("training steps", inner=("gate", "validation")):
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    except BaseException:
+        held.discard()  # a continuation that failed before its first checkpoint leaves the folder as it was
+        raise
+
+    # source-selected checkpoint when validating; otherwise the final weights, already in memory
+    best = (checkpoint.best_model_path or None) if checkpoint is not None else None
+    loaders = [datamodule.val_dataloader()] if validate else []
+    loaders += datamodule.test_dataloader()
+    with clock.phase("test", inner=("test samples",)):
+        trainer.test(task, dataloaders=loaders, ckpt_path=best, verbose=False)
+    if not trainer.is_global_zero:
+        return None
+    with clock.phase("artefacts"):
+        if gate_cb is not None:
+            gate_cb.write_artefacts()
+        write_adaptation_figures(cfg, run_dir)
+    return write_run_artefacts(cfg, run_dir, task, gate_cb, best, trainer.world_size, timer, clock)
+
+
+def _set_up(cfg: RunConfig, run_dir: Path, start: Any, clock: PhaseClock) -> tuple[Any, ...]:
+    """Model (weights resolved), data, the run folder's first records, callbacks and the trainer."""
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     info = cfg.data.source.info
     validate = cfg.data.val is not None or cfg.data.val_fraction > 0
@@ -139,33 +170,20 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     if cfg.gate.enabled:
         gate_cb = GateCallback(cfg.gate, task, seed=cfg.train.seed, datamodule=datamodule, run_dir=run_dir,
                                fisher_data=fisher_data, held=held)
+        gate_cb.clock = clock
         callbacks.append(gate_cb)
     timer = StepTimer()  # after the gate callback: a selection at batch start is not part of the step
     callbacks.append(timer)
+    callbacks.append(ValidationTimer(clock))
     callbacks.append(RandomStates())  # last: restores the random streams after every start-up draw
+    task.clock = clock
     trainer = _trainer(cfg, run_dir, callbacks, validate, start, held)
-    ckpt_path = str(start.checkpoint) if start.checkpoint else None
-    try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-    except BaseException:
-        held.discard()  # a continuation that failed before its first checkpoint leaves the folder as it was
-        raise
-
-    # source-selected checkpoint when validating; otherwise the final weights, already in memory
-    best = (checkpoint.best_model_path or None) if checkpoint is not None else None
-    loaders = [datamodule.val_dataloader()] if validate else []
-    loaders += datamodule.test_dataloader()
-    trainer.test(task, dataloaders=loaders, ckpt_path=best, verbose=False)
-    if not trainer.is_global_zero:
-        return None
-    if gate_cb is not None:
-        gate_cb.write_artefacts()
-    write_adaptation_figures(cfg, run_dir)
-    return write_run_artefacts(cfg, run_dir, task, gate_cb, best, trainer.world_size, timer)
+    return trainer, task, datamodule, checkpoint, gate_cb, timer, held, validate, start
 
 
 def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, gate_cb: GateCallback | None,
-                        checkpoint: str | None, world_size: int, timer: StepTimer) -> dict[str, Any]:
+                        checkpoint: str | None, world_size: int, timer: StepTimer,
+                        clock: PhaseClock | None = None) -> dict[str, Any]:
     model = task.model
     toolbox = model.toolbox
     per_slot = toolbox.slot_param_counts()
@@ -202,6 +220,8 @@ def write_run_artefacts(cfg: RunConfig, run_dir: Path, task: SegmentationTask, g
         },
         "timing": timer.summary(),
     }
+    if clock is not None:
+        metrics["phases"] = clock.summary()
     atomic_write_json(run_dir / "metrics.json", metrics)
     spec = spec_of(model, task.classes, task.palette, cfg.train.seed, cfg.data.crop_size, cfg.model.head,
                    cfg.model.head_channels, cfg.model.backbone_kwargs, _radiometry_record(run_dir))

@@ -21,6 +21,7 @@ from ..model.segmentor import Segmentor
 from ..util.errors import UserError
 from .losses import segmentation_loss
 from .metrics import SegMetrics
+from .phases import PhaseClock
 from .schedule import warmup_poly
 
 SOURCE_VAL = "source_val"
@@ -72,6 +73,7 @@ class SegmentationTask(L.LightningModule):
         self.sample_dir = sample_dir  # where the test writes a few predictions per domain (None: nowhere)
         self.radiometry: Radiometry | None = None  # the data's, for showing samples (None: the backbone's ImageNet)
         self._samples_saved: dict[int, int] = {}
+        self.clock: PhaseClock | None = None  # fit's phases: the samples' drawing is timed apart from the test
 
     # ---------------------------------------------------------------- forward / evaluation
     def forward(self, images: Tensor) -> Tensor:
@@ -146,6 +148,12 @@ class SegmentationTask(L.LightningModule):
     def _maybe_save_samples(self, batch: dict[str, Any], preds: Tensor, dataloader_idx: int) -> None:
         if self.sample_dir is None or self.global_rank != 0:
             return
+        if self.clock is None:
+            return self._save_samples(batch, preds, dataloader_idx)
+        with self.clock.phase("test samples"):
+            self._save_samples(batch, preds, dataloader_idx)
+
+    def _save_samples(self, batch: dict[str, Any], preds: Tensor, dataloader_idx: int) -> None:
         from PIL import Image
 
         from ..runs.plots import overlay

@@ -30,6 +30,14 @@ def domain_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+def phase_lines(record: dict[str, Any]) -> list[str]:
+    """One line per phase of ``fit`` with its share of the wall time, then the wall time."""
+    wall = record["wall_s"]
+    lines = [f"{name:<15} {seconds:8.1f} s  {100 * seconds / wall if wall else 0:5.1f} %"
+             for name, seconds in record["phases_s"].items()]
+    return [*lines, f"{'wall time':<15} {wall:8.1f} s"]
+
+
 def print_run_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     _console.print(domain_table(metrics))
     weights = metrics.get("backbone", {}).get("weights")
@@ -45,4 +53,7 @@ def print_run_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     if metrics["run"].get("selector"):
         active = metrics["run"]["active"]
         _console.print(f"final active set ({len(active)} slots): {', '.join(active)}")
+    if "phases" in metrics:  # fit's wall time by phase (training/phases.py)
+        for line in phase_lines(metrics["phases"]):
+            _console.print(line, markup=False)
     _console.print(f"artefacts in {run_dir}")
