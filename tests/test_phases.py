@@ -12,7 +12,7 @@ import pytest
 from crossearth_gate.cli import main
 from crossearth_gate.training.phases import PHASES, PhaseClock
 from crossearth_gate.util.console import phase_lines
-from test_cli_e2e import TINY
+from support.tiny import TINY
 
 
 def test_inner_phases_are_not_counted_twice() -> None:
