@@ -34,7 +34,7 @@ CONFIG_OVERRIDES: dict[str, list[str]] = {
 
 
 def bench_config(backbone: str, weights: str, img_size: int, batch_size: int, config: str = "all-on") -> RunConfig:
-    return load_config("demo", [
+    return load_config("dubai_tiles", [
         f"model.backbone={backbone}", f"model.weights={weights}", f"data.crop_size={img_size}",
         f"data.batch_size={batch_size}", "data.num_workers=0", *CONFIG_OVERRIDES[config],
     ])
