@@ -107,9 +107,9 @@ def folder_digests(run: Path) -> dict[str, str]:
 
 
 def outcome(run: Path) -> dict[str, object]:
-    """What a finished run reports: metrics (step timings aside), gate history and map, log, config, weights."""
+    """What a finished run reports: metrics (timings aside), gate history and map, log, config, weights."""
     metrics = json.loads((run / "metrics.json").read_text())
-    metrics.pop("timing")
+    del metrics["timing"], metrics["phases"]  # wall-clock figures differ by nature
     weights = load_file(str(run / "trainable.safetensors"))
     return {
         "metrics": metrics,

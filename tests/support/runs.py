@@ -70,7 +70,7 @@ def run_killed(out: Path, extra: list[str], after_step: int, env: dict[str, str]
 def outcome(out: Path) -> dict[str, Any]:
     """Everything a finished run leaves that must not depend on having been killed."""
     metrics = json.loads((out / "metrics.json").read_text())
-    del metrics["timing"], metrics["run"]["checkpoint"]
+    del metrics["timing"], metrics["phases"], metrics["run"]["checkpoint"]  # wall-clock figures differ by nature
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     return {
         "metrics": metrics,
