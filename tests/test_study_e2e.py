@@ -101,3 +101,24 @@ def test_bad_study_file_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Captur
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "unknown key 'colour'" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_max_cells_runs_that_many_unfinished_cells_in_study_order(
+        study: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    path, out = study
+    unfinished = [out / "runs" / "A" / name / "seed1" for name in ("all_on", "gated")]
+    for run_dir in unfinished:
+        (run_dir / "metrics.json").unlink()
+    capsys.readouterr()
+    assert main(["study", str(path), "--out", str(out), "--max-cells", "1"]) == 0
+    assert [(d / "metrics.json").is_file() for d in unfinished] == [True, False]
+    assert "[1/1] A/all_on/seed1: done in" in capsys.readouterr().out
+    assert main(["study", str(path), "--out", str(out), "--max-cells", "5"]) == 0
+    assert all((d / "metrics.json").is_file() for d in unfinished)
+
+
+def test_max_cells_below_one_is_one_line_exit_2(study: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    path, out = study
+    assert main(["study", str(path), "--out", str(out), "--max-cells", "0"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--max-cells" in err[0]

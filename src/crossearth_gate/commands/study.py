@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run only these protocols' cells now (the report covers every cell of the study)")
     p.add_argument("--configs", nargs="+", metavar="C",
                    help="run only these configs' cells now (the report covers every cell of the study)")
+    p.add_argument("--max-cells", type=int, metavar="N",
+                   help="run at most N unfinished cells, then report (a long study in slices: the CPU is free between)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their commands; run nothing")
     p.add_argument("--report-only", action="store_true", help="re-aggregate the finished cells; run nothing")
 

@@ -50,10 +50,15 @@ def study_cli(args: argparse.Namespace) -> None:
         done = sum(is_finished(c.run_dir(out)) for c in cells)
         console.info(f"{len(cells)} cells, {done} finished, {len(cells) - done} to run")
         return
+    if args.max_cells is not None and args.max_cells < 1:
+        raise UserError(f"--max-cells: expected a count >= 1, got {args.max_cells}")
     if not args.report_only:
         protocols = _chosen("--protocols", args.protocols, list(study.protocols))
         configs = _chosen("--configs", args.configs, list(study.configs))
-        run_cells([cell for cell in cells if cell.protocol in protocols and cell.config in configs], out)
+        chosen = [cell for cell in cells if cell.protocol in protocols and cell.config in configs]
+        if args.max_cells is not None:
+            chosen = [cell for cell in chosen if not is_finished(cell.run_dir(out))][:args.max_cells]
+        run_cells(chosen, out)
     command = shlex.join(["crossearth-gate", "study", str(args.study), "--out", str(out)])
     summary = write_results(study, cells, out, command)
     for claim in summary["claims"]:
