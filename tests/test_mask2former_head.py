@@ -181,7 +181,7 @@ def test_bad_options_and_missing_transformers_are_one_line_errors(monkeypatch: p
         build_head("mask2former", 8, 4, 2, 48, HEAD_KWARGS)
     with pytest.raises(UserError, match="needs 4 feature levels"):
         build_head("mask2former", 8, 3, 2, CHANNELS, HEAD_KWARGS)
-    with pytest.raises(UserError, match="the fpn head takes none"):
+    with pytest.raises(UserError, match="unknown fpn option"):
         build_head("fpn", 8, 4, 2, CHANNELS, HEAD_KWARGS)
     monkeypatch.delitem(sys.modules, "crossearth_gate.heads.mask2former")
     monkeypatch.setitem(sys.modules, "transformers", None)

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 from torch import Tensor, nn
 
 from ..util.errors import UserError
-from .fpn import FPNHead
+from .fpn import FPNHead, check_fpn_options
 
 
 def _mask2former(*args: Any, **options: Any) -> nn.Module:
@@ -35,17 +35,18 @@ HEADS: dict[HeadName, Callable[..., nn.Module]] = {"fpn": FPNHead, "mask2former"
 
 def build_head(name: str, in_channels: int, num_levels: int, num_classes: int, channels: int,
                options: dict[str, Any] | None = None, class_weights: Sequence[float] | None = None) -> nn.Module:
-    """``options`` (``model.head_kwargs``) go to the head; the FPN head takes none. ``class_weights``
-    (``train.class_weights``) weight its pixel cross-entropy; Mask2Former's matched losses take none."""
+    """``options`` (``model.head_kwargs``) go to the head. ``class_weights`` (``train.class_weights``) weight the
+    FPN head's pixel cross-entropy; Mask2Former's matched losses take none."""
     if name not in HEADS:
         raise UserError(f"unknown head {name!r}; choose from {sorted(HEADS)}")
-    if options and name == "fpn":
-        raise UserError(f"model.head_kwargs {sorted(options)}: the fpn head takes none")
+    options = dict(options or {})
+    if name == "fpn":
+        check_fpn_options(options)
     if class_weights is not None:
         if name != "fpn":
             raise UserError(f"config train.class_weights: the {name} head has its own loss; remove them")
-        return HEADS[name](in_channels, num_levels, num_classes, channels, class_weights=class_weights)
-    return HEADS[name](in_channels, num_levels, num_classes, channels, **(options or {}))
+        options["class_weights"] = class_weights
+    return HEADS[name](in_channels, num_levels, num_classes, channels, **options)
 
 
 class SegmentationHead(Protocol):

@@ -10,6 +10,10 @@ are both linear and commute, so projecting the full-width ViT features at stride
 head-width maps gives the same output as resampling first, at a fraction of the cost (384 → 96
 channels for ViT-S, at 16× the pixels on the finest level). GroupNorm and ReLU stay after the
 resampling, where their statistics were computed before.
+
+The fusing convolution runs on all levels' channels at the finest stride, so it is most of the head's
+cost: ``fuse_kernel: 1`` (``model.head_kwargs``) makes it a 1×1 (a ninth of its FLOPs), leaving spatial
+smoothing to the per-level 3×3 convolutions before it (cost: benchmarks/fpn_fuse_cost.py).
 """
 
 from __future__ import annotations
@@ -20,7 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..util.errors import UserError
 from .losses import cross_entropy, per_sample_cross_entropy, weighted_cross_entropy
+
+FPN_OPTIONS = ("fuse_kernel",)  # model.head_kwargs the FPN head takes
+
+
+def check_fpn_options(options: dict[str, object]) -> None:
+    """``model.head_kwargs`` for the FPN head: known names, a fusing kernel that is an odd size >= 1."""
+    unknown = sorted(set(options) - set(FPN_OPTIONS))
+    if unknown:
+        raise UserError(f"model.head_kwargs: unknown fpn option {unknown[0]!r} (known: {', '.join(FPN_OPTIONS)})")
+    kernel = options.get("fuse_kernel", 3)
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+        raise UserError(f"model.head_kwargs.fuse_kernel: expected an odd kernel size >= 1 (1 or 3), got {kernel!r}")
 
 
 def _conv_gn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
@@ -38,7 +55,7 @@ class FPNHead(nn.Module):
     supports_vmap = True
 
     def __init__(self, in_channels: int, num_levels: int, num_classes: int, channels: int = 128,
-                 class_weights: Sequence[float] | None = None):
+                 class_weights: Sequence[float] | None = None, fuse_kernel: int = 3):
         super().__init__()
         # not persistent: a config value (train.class_weights), never part of the saved weights
         weight = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
@@ -46,7 +63,7 @@ class FPNHead(nn.Module):
         self.scales = [2.0 ** (2 - i) if i < 3 else 0.5 for i in range(num_levels)]
         self.lateral = nn.ModuleList(_conv_gn_relu(in_channels, channels, 1) for _ in range(num_levels))
         self.smooth = nn.ModuleList(_conv_gn_relu(channels, channels, 3) for _ in range(num_levels))
-        self.fuse = _conv_gn_relu(channels * num_levels, channels, 3)
+        self.fuse = _conv_gn_relu(channels * num_levels, channels, fuse_kernel)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, features: list[Tensor]) -> Tensor:
