@@ -4,11 +4,12 @@ Why: a selection costs one forward/backward per scored image (``gating/fisher.py
 samples M is the selection's price. Fewer samples are only worth it if the chosen set barely moves. This
 script scores every slot on each of ``--images`` training crops separately (the gate's own per-sample
 Fisher, one image at a time), then, for each N, draws many random N-image subsets and compares the top-k
-set of their mean score with the reference set of all crops:
+set of their mean score with the reference set of the other crops:
 
-* ``overlap``: the share of the reference top-k that the N-image set keeps (1 = the same set);
+* ``overlap``: the share of the reference top-k that the N-image set keeps (1 = the same set), the
+  reference being the mean over the crops the set did not use;
 * ``pair_overlap``: the share two disjoint N-image sets agree on (two selections with fresh samples);
-* ``mass``: the reference (all-image, per-type normalised) score of the N-image set over that of the
+* ``mass``: the reference (left-out crops', per-type normalised) score of the N-image set over that of the
   reference set: how much Fisher information a noisier choice gives up (1 = none).
 
 States: the model as a run starts (pretrained backbone, slots at their initial values) and, per
@@ -43,7 +44,7 @@ from crossearth_gate.training.run import build_datamodule  # noqa: E402
 from crossearth_gate.training.task import build_segmentor, input_kernels  # noqa: E402
 from crossearth_gate.util.atomic import atomic_write_json  # noqa: E402
 
-SAMPLE_COUNTS = (1, 2, 4, 6, 8, 16)
+SAMPLE_COUNTS = (1, 2, 4, 6, 8, 12, 16)
 
 
 def per_image_scores(model: torch.nn.Module, cfg, images: int, seed: int) -> list[dict[str, float]]:
@@ -71,10 +72,10 @@ def chosen(rows: list[dict[str, float]], k: int) -> set[str]:
 
 
 def stability(rows: list[dict[str, float]], k: int, subsets: int, seed: int) -> dict[str, dict[str, float]]:
-    """Per N: mean and 5th percentile of overlap, pair_overlap and mass over ``subsets`` random draws."""
-    reference_scores = normalize_per_type(mean_scores(rows))
-    reference = set(top_k(reference_scores, k))
-    best_mass = sum(reference_scores[name] for name in reference)
+    """Per N: mean and 5th percentile of overlap, pair_overlap and mass over ``subsets`` random draws.
+
+    The reference of each draw is the images the draw's first N-image set left out, so a set is never
+    compared with a mean it is part of."""
     rng = random.Random(seed)
     out: dict[str, dict[str, float]] = {}
     for n in SAMPLE_COUNTS:
@@ -83,11 +84,15 @@ def stability(rows: list[dict[str, float]], k: int, subsets: int, seed: int) -> 
         overlap, pair, mass = [], [], []
         for _ in range(subsets):
             draw = rng.sample(range(len(rows)), 2 * n)
+            rest = [row for i, row in enumerate(rows) if i not in draw[:n]]
+            reference_scores = normalize_per_type(mean_scores(rest))
+            reference = set(top_k(reference_scores, k))
             first = chosen([rows[i] for i in draw[:n]], k)
             second = chosen([rows[i] for i in draw[n:]], k)
             overlap.append(len(first & reference) / k)
             pair.append(len(first & second) / k)
-            mass.append(sum(reference_scores[name] for name in first) / best_mass)
+            best = sum(reference_scores[name] for name in reference)
+            mass.append(sum(reference_scores[name] for name in first) / best)
         out[str(n)] = {f"{name}_{stat}": value for name, values in
                        (("overlap", overlap), ("pair_overlap", pair), ("mass", mass))
                        for stat, value in (("mean", statistics.fmean(values)),
@@ -108,7 +113,7 @@ def figure(results: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("images per selection (N)")
         ax.set_xscale("log", base=2)
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(0.5, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Fisher selection from N images: mean and 5th percentile (shaded) over random draws", fontsize=10)
@@ -131,21 +136,26 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     model = build_segmentor(cfg, len(cfg.data.source.info.classes), input_kernels(cfg))
     k = resolve_k(cfg.gate.k, len(model.toolbox.slot_names))
-    states = {"start of training": None, **{str(c): c for c in args.checkpoint}}
-    results, selections = {}, {}
+    states = {"start of training": None, **{f"end of {c.parts[-4]} {c.parts[-3]}" if len(c.parts) > 4 else str(c): c
+                                            for c in args.checkpoint}}
+    results, selections, per_image = {}, {}, {}
     for label, checkpoint in states.items():
         if checkpoint is not None:
             state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-            model.load_state_dict({key.removeprefix("model."): v for key, v in state.items()
-                                   if key.startswith("model.")})
+            loaded = model.load_state_dict({key.removeprefix("model."): v for key, v in state.items()
+                                            if key.startswith("model.")}, strict=False)
+            frozen = [key for key in loaded.missing_keys if not key.startswith("backbone.vit.")]
+            if loaded.unexpected_keys or frozen:  # checkpoints leave out only the frozen backbone
+                raise SystemExit(f"{checkpoint}: not this config's model ({(loaded.unexpected_keys + frozen)[:3]})")
         rows = per_image_scores(model, cfg, args.images, args.seed)
         results[label] = stability(rows, k, args.subsets, args.seed)
         selections[label] = sorted(chosen(rows, k))
+        per_image[label] = rows
         print(label, {n: round(v["overlap_mean"], 3) for n, v in results[label].items()}, flush=True)
     command = shlex.join(["python", *sys.argv])
     atomic_write_json(args.out, {"command": command, "config": args.config, "overrides": args.overrides, "k": k,
                                  "images": args.images, "subsets": args.subsets, "reference_sets": selections,
-                                 "results": results})
+                                 "results": results, "per_image_raw_scores": per_image})
     if args.figure:
         figure(results, args.figure)
 

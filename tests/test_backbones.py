@@ -54,6 +54,15 @@ def test_default_out_indices_and_validation() -> None:
         FrozenViT(vit, info_of(vit, "tiny"), out_indices=[0, 4])
     with pytest.raises(UserError, match="not a ViT"):
         FrozenViT(torch.nn.Linear(2, 2), info_of(vit, "tiny"))
+    with pytest.raises(UserError, match=r"repeat a block"):  # given twice
+        FrozenViT(vit, info_of(vit, "tiny"), out_indices=[1, 1, 2, 3])
+
+
+def test_a_backbone_shallower_than_the_head_levels_is_one_line() -> None:
+    """Two blocks cannot give four distinct depths: the default indices repeat one, a one-line error."""
+    with pytest.raises(UserError, match="has 2 blocks") as err:
+        build_backbone("test_vit", "none", 32, model_kwargs={"depth": 2})
+    assert "\n" not in str(err.value)
 
 
 def test_backbone_is_frozen() -> None:
