@@ -57,7 +57,7 @@ class BenchSetup:
     warmup_steps: int = 2
     select_after: int = 5
     every: int = OVERHEAD_N
-    num_samples: int = 8
+    num_samples: int = 4
     step_fraction: float = 0.6
     rounds: int = 3
     predict_size: int = 1024

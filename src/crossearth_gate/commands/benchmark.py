@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--select-after", type=int, default=5, help="all-on training steps before the Fisher selection")
     p.add_argument("--every", type=int, default=100, help="gate re-selection interval N")
-    p.add_argument("--num-samples", type=int, default=8, help="Fisher samples M")
+    p.add_argument("--num-samples", type=int, default=4, help="Fisher samples M (default 4, as gate.num_samples)")
     p.add_argument("--step-fraction", type=float, default=0.6, help="the compute-aware gate's budget (of all-on)")
     p.add_argument("--rounds", type=int, default=3, help="rounds: every configuration once per round")
     p.add_argument("--predict-size", type=int, default=1024,
