@@ -15,7 +15,7 @@ import torch
 from crossearth_gate.benchmark.spread import spread, warning_line, wide
 from crossearth_gate.config.schema import load_config
 from crossearth_gate.data import get_dataset_info
-from crossearth_gate.training.adaptation import build_task, prepare_adaptation
+from crossearth_gate.training.adaptation import DACSTask, build_task
 from crossearth_gate.training.run import build_datamodule
 
 rounds = int(sys.argv[1])
@@ -32,7 +32,8 @@ for name in ("dubai_dg", "dubai_da"):
     task = build_task(cfg, list(info.classes), list(info.palette), ["source_val", *cfg.data.targets])
     dm = build_datamodule(cfg, task.model.backbone.info.mean, task.model.backbone.info.std)
     dm.setup("fit")
-    prepare_adaptation(cfg, task, dm)
+    if isinstance(task, DACSTask):  # no trainer here, so no setup hook: its target images given by hand
+        task.attach(dm.unlabelled_dataloader().dataset)
     task.log = lambda *a, **k: None  # no trainer here: logging is not part of the step's cost
     opt = torch.optim.AdamW([p for n, p in task.model.named_parameters() if not n.startswith("backbone.")], lr=3e-4)
     tasks[name] = (task, opt, forever(dm))

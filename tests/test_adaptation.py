@@ -444,7 +444,7 @@ def test_bad_adaptation_settings_are_one_line(overrides: list[str], message: str
 def test_without_adaptation_the_task_is_the_plain_one(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config("demo", ["model.weights=none"])
     built = []
-    monkeypatch.setattr(SegmentationTask, "__init__", lambda self, *args: built.append(type(self)))
+    monkeypatch.setattr(SegmentationTask, "__init__", lambda self, *args, **kwargs: built.append(type(self)))
     build_task(cfg, ["a"], [(0, 0, 0)], [])
     assert built == [SegmentationTask]
 

@@ -8,14 +8,24 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from crossearth_gate.adaptation.pseudo import PseudoLabels
 from crossearth_gate.cli import main
 from crossearth_gate.config.schema import DEMO_DATA, load_config
 from crossearth_gate.data.catalog import get_dataset_info
-from crossearth_gate.training.adaptation import DACSTask
+from crossearth_gate.training.adaptation import (
+    PSEUDO_CONFIDENCE_FIGURE,
+    DACSTask,
+    PseudoLabelledFisherData,
+    build_task,
+)
+from crossearth_gate.training.gate_callback import GateCallback
+from crossearth_gate.training.phases import PhaseClock
+from crossearth_gate.training.run import build_datamodule
 from support.cli import cli_env
 from support.paths import BENCHMARKS
 from support.runs import (
@@ -83,6 +93,34 @@ def test_checkpoint_holds_the_teacher_but_no_backbone(da_run: Path) -> None:
     assert head and any(not torch.equal(state[k], state["model." + k[8:].replace("__", ".")]) for k in head)
     (saved,) = ckpt["adaptation"]["ranks"]  # one process: one rank's target stream and ClassMix RNG
     assert set(saved) == {"stream", "mix_rng"}
+
+
+def test_the_dacs_task_attaches_itself_to_a_plain_trainer(maskless_root: Path, tmp_path: Path) -> None:
+    """No ``fit``: a bare Lightning trainer with the data module and a gate callback given no samples. The
+    task finds its target stream and radiometry in the data module, the gate scores on its pseudo-labelled
+    target images, and the task's own callback draws the confidence curve into the trainer's root, timed
+    on the clock both were built with."""
+    cfg = load_config("demo", [*da_settings(maskless_root), "train.max_steps=2", "gate.every=1"])
+    info = get_dataset_info("dubai")
+    clock = PhaseClock()
+    task = build_task(cfg, list(info.classes), list(info.palette), ["tile_5"], clock=clock)
+    assert isinstance(task, DACSTask) and task.clock is clock and task.stream is None
+    datamodule = build_datamodule(cfg, task.model.backbone.info.mean, task.model.backbone.info.std)
+    gate = GateCallback(cfg.gate, task, seed=cfg.train.seed, datamodule=datamodule, clock=clock)
+    trainer = L.Trainer(max_steps=2, limit_val_batches=0, accelerator="cpu", devices=1, callbacks=[gate],
+                        logger=CSVLogger(str(tmp_path), name="logs", version=""), log_every_n_steps=1,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))
+    trainer.fit(task, datamodule=datamodule)
+
+    unlabelled = datamodule.unlabelled_dataloader().dataset
+    assert task.stream is not None and task.stream.dataset is unlabelled
+    assert (task.stream.epoch, task.stream.position) == (0, 2 * cfg.data.batch_size)  # two steps of a batch
+    assert task.radiometry is datamodule.radiometry
+    assert isinstance(gate.fisher_data, PseudoLabelledFisherData) and gate.fisher_data.unlabelled is unlabelled
+    assert gate.scored_on == ["target", "target"]
+    assert (tmp_path / PSEUDO_CONFIDENCE_FIGURE).stat().st_size > 0
+    assert clock.seconds["artefacts"] > 0 and clock.seconds["gate"] > 0
 
 
 class _Images(torch.utils.data.Dataset):

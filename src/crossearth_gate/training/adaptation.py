@@ -1,8 +1,12 @@
 """DACS self-training in Lightning: the task that mixes source and pseudo-labelled target images, the
-resumable target stream it draws from, and the pseudo-labelled batches the Fisher gate scores in DA.
+resumable target stream it draws from, the pseudo-labelled batches the Fisher gate scores in DA, and
+the callback that draws DA's figure.
 
-The framework-free pieces (teacher, ClassMix, pseudo-labels, augmentation) live in ``adaptation/``;
-this module only decides when they run and keeps their state in the checkpoint.
+DA attaches itself: ``fit`` only builds the task (``build_task``); the task finds its target images in
+the data module it is trained with (``setup``), answers the gate callback's request for samples
+(``gate_samples``) and brings its figure's callback (``configure_callbacks``). The framework-free pieces
+(teacher, ClassMix, pseudo-labels, augmentation) live in ``adaptation/``; this module only decides when
+they run and keeps their state in the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -27,6 +32,7 @@ from ..toolbox.slots import activated
 from ..util.errors import UserError
 from ..util.seeds import derive_seed
 from .losses import fisher_loss, segmentation_loss
+from .phases import PhaseClock
 from .resume import gather_ranks
 from .task import SegmentationTask
 
@@ -83,25 +89,52 @@ class TargetStream:
         self.epoch, self.position, self.rng_state = int(state["epoch"]), int(state["position"]), state["rng_state"]
 
 
+_NO_STREAM = "the DACS task has no target images: train it with a data module that has an unlabelled target"
+
+
+def _unlabelled(datamodule: Any) -> Dataset:
+    """The unlabelled target images of a set-up data module."""
+    loader = datamodule.unlabelled_dataloader() if datamodule is not None else None
+    if loader is None:
+        raise RuntimeError(_NO_STREAM)
+    return loader.dataset
+
+
 class DACSTask(SegmentationTask):
     """Loss = CE(source) + λ · mean_j w_j · CE(mixed_j, ClassMix label_j), the EMA teacher updated after every step."""
 
     def __init__(self, cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
-                 target_names: list[str], sample_dir: Path | None = None):
-        super().__init__(cfg, classes, palette, target_names, sample_dir)
+                 target_names: list[str], sample_dir: Path | None = None, *, clock: PhaseClock | None = None):
+        super().__init__(cfg, classes, palette, target_names, sample_dir, clock=clock)
         self.teacher = EMATeacher(self.model, cfg.adaptation.ema_alpha)
         self.mix_rng = torch.Generator()
         self.stream: TargetStream | None = None
         self._saved_ranks: list[dict[str, Any]] | None = None  # from a checkpoint, until training starts
 
+    def setup(self, stage: str) -> None:
+        """Training: the unlabelled target images come from the data module it is trained with (set up by
+        now). Lightning calls this before a checkpoint is restored, so a resumed stream is put back on it."""
+        super().setup(stage)
+        if stage == "fit":
+            self.attach(_unlabelled(self.trainer.datamodule))
+
     def attach(self, unlabelled: Dataset) -> None:
-        """Give the task its unlabelled target images (after the data module's setup)."""
+        """Give the task its unlabelled target images (``setup`` does, from the data module)."""
         self.stream = TargetStream(unlabelled, derive_seed(self.cfg.train.seed, "target_stream"))
+
+    def gate_samples(self) -> PseudoLabelledFisherData:
+        """The gate scores on pseudo-labelled target images (``gate.fisher_data``: target, source or both)."""
+        datamodule = self.trainer.datamodule
+        return PseudoLabelledFisherData(self.cfg.gate.fisher_data or "target", self, datamodule,
+                                        _unlabelled(datamodule))
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [AdaptationFigures(self.cfg.adaptation.confidence, clock=self.clock)]
 
     def start_streams(self, rank: int, world_size: int) -> None:
         """This rank's target share and ClassMix RNG; a resumed run then puts back this rank's saved states."""
         if self.stream is None:
-            raise RuntimeError("DACSTask.attach() must run before training")
+            raise RuntimeError(_NO_STREAM)
         self.stream.shard(rank, world_size)
         self.mix_rng.manual_seed(derive_seed(self.cfg.train.seed, "classmix", rank=rank))
         ranks, self._saved_ranks = self._saved_ranks, None
@@ -125,7 +158,7 @@ class DACSTask(SegmentationTask):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if self.stream is None:
-            raise RuntimeError("DACSTask.attach() must run before training")
+            raise RuntimeError(_NO_STREAM)
         a = self.cfg.adaptation
         source, labels = batch["image"], batch["mask"]
         n = source.shape[0]
@@ -166,7 +199,7 @@ class DACSTask(SegmentationTask):
             checkpoint["adaptation"] = {"ranks": self._saved_ranks}
             return
         if self.stream is None:
-            raise RuntimeError("DACSTask.attach() must run before a checkpoint is saved")
+            raise RuntimeError(_NO_STREAM)
         local = {"stream": self.stream.state_dict(), "mix_rng": self.mix_rng.get_state()}
         checkpoint["adaptation"] = {"ranks": gather_ranks(local)}
 
@@ -229,39 +262,44 @@ class PseudoLabelledFisherData:
 
 def build_task(cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
                target_names: list[str], sample_dir: Path | None = None,
-               band_kernels: Sequence[int] | None = None) -> SegmentationTask:
+               band_kernels: Sequence[int] | None = None, *, clock: PhaseClock | None = None) -> SegmentationTask:
     """The DG task, or the DACS task when ``train.adaptation`` asks for it (the config checked its values and
     that DACS has its unlabelled images; what is left needs the files: no scored image is adapted to).
 
-    ``band_kernels``: the grown patch embedding of data with other channels than R, G, B (DG only)."""
+    ``band_kernels``: the grown patch embedding of data with other channels than R, G, B (DG only); ``clock``:
+    fit's phases. The one place ``fit`` meets DA: the DACS task brings the rest itself."""
     if cfg.train.adaptation == "none":
-        return SegmentationTask(cfg, classes, palette, target_names, sample_dir, band_kernels)
+        return SegmentationTask(cfg, classes, palette, target_names, sample_dir, band_kernels, clock=clock)
     if band_kernels is not None:  # its photometric augmentation and padding test assume ImageNet-normalised RGB
         raise UserError(f"train.adaptation={cfg.train.adaptation} needs three channels in R, G, B order; this "
                         f"data has {len(band_kernels)} channel(s) (`bands`, `rgb_bands`)")
     assert cfg.data.unlabelled_target is not None  # RunConfig requires it with dacs
     check_disjoint(cfg.data.unlabelled_target, cfg.data.targets, cfg.adaptation.transductive)
-    return DACSTask(cfg, classes, palette, target_names, sample_dir)
-
-
-def prepare_adaptation(cfg: RunConfig, task: SegmentationTask, datamodule: Any) -> PseudoLabelledFisherData | None:
-    """After the data module's setup: give the DA task its target images; return the gate's DA samples."""
-    if not isinstance(task, DACSTask):
-        return None
-    unlabelled = datamodule.unlabelled_dataloader().dataset
-    task.attach(unlabelled)
-    return PseudoLabelledFisherData(cfg.gate.fisher_data or "target", task, datamodule, unlabelled)
+    return DACSTask(cfg, classes, palette, target_names, sample_dir, clock=clock)
 
 
 PSEUDO_CONFIDENCE_FIGURE = "pseudo_confidence.png"
 
 
-def write_adaptation_figures(cfg: RunConfig, run_dir: Path) -> None:
-    """The pseudo-label confidence curve beside the run's gate map (DA runs that logged it)."""
-    if cfg.train.adaptation == "none":
-        return
-    from ..runs.plots import plot_pseudo_confidence, read_log_series
+class AdaptationFigures(L.Callback):
+    """When training ends, on global rank zero: the pseudo-label confidence curve beside the gate map, drawn
+    from the run folder's log (the trainer's root), timed as fit's artefacts phase."""
 
-    log = run_dir / "logs" / "metrics.csv"
-    if log.is_file() and len(read_log_series(log, "dacs/confidence")[0]):  # none before the first log_every
-        plot_pseudo_confidence(log, run_dir / PSEUDO_CONFIDENCE_FIGURE, cfg.adaptation.confidence)
+    def __init__(self, confidence: float, *, clock: PhaseClock | None = None):
+        self.confidence = confidence  # the threshold line
+        self.clock = clock
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.clock is None:
+            return self.write(Path(trainer.default_root_dir))
+        with self.clock.phase("artefacts"):
+            self.write(Path(trainer.default_root_dir))
+
+    def write(self, run_dir: Path) -> None:
+        from ..runs.plots import plot_pseudo_confidence, read_log_series
+
+        log = run_dir / "logs" / "metrics.csv"
+        if log.is_file() and len(read_log_series(log, "dacs/confidence")[0]):  # none before the first log_every
+            plot_pseudo_confidence(log, run_dir / PSEUDO_CONFIDENCE_FIGURE, self.confidence)

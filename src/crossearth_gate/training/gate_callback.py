@@ -69,9 +69,12 @@ class GateCallback(L.Callback):
     (or, with a ``budget``, the best set within it: the cost model is measured when training starts)."""
 
     def __init__(self, config: GateConfig, task: L.LightningModule, *, seed: int, datamodule: Any = None,
-                 run_dir: Path | None = None, fisher_data: FisherData | None = None, held: HeldWrites | None = None):
+                 run_dir: Path | None = None, fisher_data: FisherData | None = None, held: HeldWrites | None = None,
+                 clock: PhaseClock | None = None):
         """``datamodule`` gives the labelled source samples (DG; None when ``fisher_data`` gives them); gates.json
-        and gate_map.png go to ``run_dir`` (None: not written), aside while ``held``."""
+        and gate_map.png go to ``run_dir`` (None: not written), aside while ``held``. ``fisher_data``: the
+        samples to score on; None: those the trained task names when training starts (``setup``), the labelled
+        source when it names none. ``clock``: fit's phases, calibration and selections timed as the gate's."""
         g = config
         chooser = make_selector(g.selector, seed, g.fisher_method)
         if g.budget.is_set:
@@ -84,17 +87,27 @@ class GateCallback(L.Callback):
         self.run_dir = run_dir
         self.held = held  # a continuation writes its artefacts aside until its first checkpoint
         self.ever_active: set[str] = set()
-        self.clock: PhaseClock | None = None  # fit's phases: calibration and selections timed as the gate's
-        self.fisher_data = fisher_data  # None: labelled source samples (DG); in DA the adaptation's samples
+        self.clock = clock
         if g.fisher_method == "vmap" and not task.model.head.supports_vmap:
             raise UserError("gate.fisher_method vmap cannot differentiate a head loss with Hungarian matching "
                             "(scipy): use loop")
-        scored, source_loss = fisher_loss(task.model)  # raw head outputs and the head's loss of one image
-        self.scored = fisher_data.model if fisher_data is not None else scored
-        self.loss = fisher_data.loss if fisher_data is not None else source_loss
+        self._given = fisher_data is not None
+        self._score_on(fisher_data, task)
         self.scored_on: list[str] = []  # per selection: which data scored it (gates.json "data")
         self.evaluated_step: int | None = None  # the step of the weights the test scores (gates.json)
         self._restoring_for_test = False
+
+    def _score_on(self, fisher_data: FisherData | None, task: L.LightningModule) -> None:
+        """What is scored and with which loss: ``fisher_data``'s, or (None) the segmentor's raw head outputs and
+        the head's loss of one labelled source image."""
+        self.fisher_data = fisher_data
+        self.scored, self.loss = (fisher_data.model, fisher_data.loss) if fisher_data is not None \
+            else fisher_loss(task.model)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Training starts: the task names its samples (DA: pseudo-labelled target images) unless given."""
+        if stage == "fit" and not self._given:
+            self._score_on(pl_module.gate_samples(), pl_module)
 
     def _batches(self, device: torch.device, rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Fresh samples for every selection, and different ones on every rank (scores are summed).

@@ -18,7 +18,7 @@ from ..model.backbone import BackboneInfo
 from ..model.bands import band_state
 from ..util.atomic import atomic_write_json, atomic_write_text
 from . import run_dir as run_folder
-from .adaptation import build_task, prepare_adaptation, write_adaptation_figures
+from .adaptation import build_task
 from .checkpoint_io import AtomicCheckpointIO
 from .csv_log import RunCSVLogger
 from .ddp import slot_aware_strategy
@@ -117,7 +117,8 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
             cfg, run_dir, start, clock)
     ckpt_path = str(start.checkpoint) if start.checkpoint else None
     try:
-        with clock.phase("training steps", inner=("gate", "validation")):
+        # inner: the phases callbacks time inside it (the gate's work, validation, figures written at its end)
+        with clock.phase("training steps", inner=("gate", "validation", "artefacts")):
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     except BaseException:
         held.discard()  # a continuation that failed before its first checkpoint leaves the folder as it was
@@ -134,7 +135,6 @@ def fit(cfg: RunConfig, run_dir: Path, resume: bool = True) -> dict[str, Any] | 
     with clock.phase("artefacts"):
         if gate_cb is not None:
             gate_cb.write_artefacts()
-        write_adaptation_figures(cfg, run_dir)
     return write_run_artefacts(cfg, run_dir, task, gate_cb, best, trainer.world_size, timer, clock)
 
 
@@ -145,12 +145,13 @@ def _set_up(cfg: RunConfig, run_dir: Path, start: Any, clock: PhaseClock) -> tup
     validate = cfg.data.val is not None or cfg.data.val_fraction > 0
     domains = [SOURCE_VAL, *cfg.data.targets] if validate else list(cfg.data.targets)
     kernels = input_kernels(cfg)  # channels other than R, G, B grow the patch embedding (model/bands.py)
-    task = build_task(cfg, list(info.classes), list(info.palette), domains, run_dir / "samples", kernels)
+    # the DA task brings what it needs itself: its target stream and the gate's samples when training starts
+    # (from the data module), its figure's callback (training/adaptation.py)
+    task = build_task(cfg, list(info.classes), list(info.palette), domains, run_dir / "samples", kernels,
+                      clock=clock)
     backbone = task.model.backbone.info
     datamodule = build_datamodule(cfg, backbone.mean, backbone.std)
-    datamodule.setup("fit")
-    task.radiometry = datamodule.radiometry  # sample overlays show the data as it was read
-    fisher_data = prepare_adaptation(cfg, task, datamodule)  # None without train.adaptation
+    datamodule.setup("fit")  # bad data is refused here, before the run folder; its radiometry is recorded
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed model or data set-up leaves no empty run
     held = HeldWrites(run_dir, held=start.checkpoint is not None and not start.finished)  # see held_writes.py
     atomic_write_text(held.path(run_dir / "config.yaml"), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -169,14 +170,12 @@ def _set_up(cfg: RunConfig, run_dir: Path, start: Any, clock: PhaseClock) -> tup
     gate_cb = None
     if cfg.gate.enabled:
         gate_cb = GateCallback(cfg.gate, task, seed=cfg.train.seed, datamodule=datamodule, run_dir=run_dir,
-                               fisher_data=fisher_data, held=held)
-        gate_cb.clock = clock
+                               held=held, clock=clock)
         callbacks.append(gate_cb)
     timer = StepTimer()  # after the gate callback: a selection at batch start is not part of the step
     callbacks.append(timer)
     callbacks.append(ValidationTimer(clock))
     callbacks.append(RandomStates())  # last: restores the random streams after every start-up draw
-    task.clock = clock
     trainer = _trainer(cfg, run_dir, callbacks, validate, start, held)
     return trainer, task, datamodule, checkpoint, gate_cb, timer, held, validate, start
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -23,6 +23,9 @@ from .losses import segmentation_loss
 from .metrics import SegMetrics
 from .phases import PhaseClock
 from .schedule import warmup_poly
+
+if TYPE_CHECKING:
+    from .gate_callback import FisherData
 
 SOURCE_VAL = "source_val"
 
@@ -52,9 +55,10 @@ class SegmentationTask(L.LightningModule):
 
     def __init__(self, cfg: RunConfig, classes: list[str], palette: list[tuple[int, int, int]],
                  target_names: list[str], sample_dir: Path | None = None,
-                 band_kernels: Sequence[int] | None = None):
+                 band_kernels: Sequence[int] | None = None, *, clock: PhaseClock | None = None):
         """``band_kernels``: the grown patch embedding of data with other channels than R, G, B
-        (``input_kernels``); None: the backbone's own."""
+        (``input_kernels``); None: the backbone's own. ``clock``: fit's phases, the samples' drawing is
+        timed apart from the test (None: not timed)."""
         super().__init__()
         self.cfg = cfg
         self.classes = list(classes)
@@ -73,7 +77,18 @@ class SegmentationTask(L.LightningModule):
         self.sample_dir = sample_dir  # where the test writes a few predictions per domain (None: nowhere)
         self.radiometry: Radiometry | None = None  # the data's, for showing samples (None: the backbone's ImageNet)
         self._samples_saved: dict[int, int] = {}
-        self.clock: PhaseClock | None = None  # fit's phases: the samples' drawing is timed apart from the test
+        self.clock = clock
+
+    def setup(self, stage: str) -> None:
+        """The data module it is trained with (its setup has run) gives the radiometry the samples are shown in."""
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            self.radiometry = datamodule.radiometry
+
+    def gate_samples(self) -> FisherData | None:
+        """What the gate scores slots on, asked by the gate callback when training starts: None, the labelled
+        source samples of the data module (DG); DA's task answers with its pseudo-labelled ones."""
+        return None
 
     # ---------------------------------------------------------------- forward / evaluation
     def forward(self, images: Tensor) -> Tensor:
