@@ -79,7 +79,7 @@ def test_the_command_lists_every_option() -> None:
     command = BenchSetup().command(Path("b.json"), None)
     assert command == (
         "crossearth-gate benchmark --weights auto --backbone vit_small_patch14_dinov2 --img-size 224 --batch-size 4 "
-        "--steps 5 --warmup-steps 2 --select-after 5 --every 100 --num-samples 8 --step-fraction 0.6 --rounds 3 "
+        "--steps 5 --warmup-steps 2 --select-after 5 --every 100 --num-samples 4 --step-fraction 0.6 --rounds 3 "
         "--predict-size 1024 --out b.json"
     )
 

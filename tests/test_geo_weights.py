@@ -216,7 +216,8 @@ def test_the_gsd_is_recorded_with_the_model(tmp_path: Path) -> None:
     from crossearth_gate.model.segmentor import Segmentor
     from crossearth_gate.toolbox.slots import ToolboxConfig
 
-    backbone = build_backbone(VIT_L, "none", img_size=GRID * PATCH, model_kwargs=VIT, gsd=0.3)
+    backbone = build_backbone(VIT_L, "none", img_size=GRID * PATCH, model_kwargs=VIT, gsd=0.3,
+                              out_indices=[0, 1])
     model = Segmentor(backbone, 2, ToolboxConfig(), head_channels=16).eval()
     spec = spec_of(model, ["a", "b"], [[0, 0, 0], [1, 1, 1]], 0, GRID * PATCH, "fpn", 16, backbone_kwargs=VIT)
     assert spec.gsd == 0.3

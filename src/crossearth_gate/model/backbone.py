@@ -63,9 +63,6 @@ class FrozenViT(nn.Module):
         bad = [i for i in self.out_indices if not 0 <= i < info.depth]
         if bad:
             raise UserError(f"out_indices {bad} outside 0..{info.depth - 1} for backbone {info.name}")
-        if len(set(self.out_indices)) != len(self.out_indices):  # features come once per block: a repeat is lost
-            raise UserError(f"backbone {info.name} has {info.depth} blocks: out_indices {self.out_indices} repeat a "
-                            "block; give distinct blocks (model.out_indices), or a deeper backbone")
         self.finetune = False
         self.set_finetune(False)
 

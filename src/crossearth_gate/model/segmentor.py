@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..heads import build_head
 from ..toolbox.slots import Toolbox, ToolboxConfig
+from ..util.errors import UserError
 from .backbone import FrozenViT
 from .bands import band_state, grow_patch_embedding
 
@@ -38,6 +39,11 @@ class Segmentor(nn.Module):
         self.backbone = backbone
         self.toolbox = Toolbox(info.embed_dim, info.depth, toolbox)
         self.toolbox.attach(backbone.vit.blocks)
+        levels = backbone.out_indices
+        if len(set(levels)) != len(levels):  # the backbone gives one feature map per block: a repeat is lost
+            raise UserError(f"backbone {info.name} has {info.depth} blocks: out_indices {list(levels)} repeat a block,"
+                            " so the head cannot get a feature map per level; give distinct blocks "
+                            "(model.out_indices) or a deeper backbone")
         self.head_kwargs = dict(head_kwargs or {})
         self.head = build_head(head, info.embed_dim, len(backbone.out_indices), num_classes, head_channels,
                                self.head_kwargs, class_weights)
