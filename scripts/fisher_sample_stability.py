@@ -47,10 +47,8 @@ from crossearth_gate.util.atomic import atomic_write_json  # noqa: E402
 SAMPLE_COUNTS = (1, 2, 4, 6, 8, 12, 16)
 
 
-def per_image_scores(model: torch.nn.Module, cfg, images: int, seed: int) -> list[dict[str, float]]:
+def per_image_scores(model: torch.nn.Module, datamodule, images: int, seed: int) -> list[dict[str, float]]:
     """Raw per-slot Fisher of each of ``images`` augmented source training crops, one image at a time."""
-    datamodule = build_datamodule(cfg, model.backbone.info.mean, model.backbone.info.std)
-    datamodule.setup("fit")
     scored, loss = fisher_loss(model)
     scores = []
     torch.manual_seed(seed)
@@ -136,6 +134,8 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     model = build_segmentor(cfg, len(cfg.data.source.info.classes), input_kernels(cfg))
     k = resolve_k(cfg.gate.k, len(model.toolbox.slot_names))
+    datamodule = build_datamodule(cfg, model.backbone.info.mean, model.backbone.info.std)
+    datamodule.setup("fit")
     states = {"start of training": None, **{f"end of {c.parts[-4]} {c.parts[-3]}" if len(c.parts) > 4 else str(c): c
                                             for c in args.checkpoint}}
     results, selections, per_image = {}, {}, {}
@@ -147,7 +147,7 @@ def main() -> None:
             frozen = [key for key in loaded.missing_keys if not key.startswith("backbone.vit.")]
             if loaded.unexpected_keys or frozen:  # checkpoints leave out only the frozen backbone
                 raise SystemExit(f"{checkpoint}: not this config's model ({(loaded.unexpected_keys + frozen)[:3]})")
-        rows = per_image_scores(model, cfg, args.images, args.seed)
+        rows = per_image_scores(model, datamodule, args.images, args.seed)
         results[label] = stability(rows, k, args.subsets, args.seed)
         selections[label] = sorted(chosen(rows, k))
         per_image[label] = rows

@@ -40,6 +40,8 @@ def _chosen(option: str, names: list[str] | None, known: list[str]) -> list[str]
 
 
 def study_cli(args: argparse.Namespace) -> None:
+    if args.max_cells is not None and args.max_cells < 1:
+        raise UserError(f"--max-cells: expected a count >= 1, got {args.max_cells}")
     study = load_study(args.study)
     out: Path = args.out
     cells = study.cells()
@@ -50,8 +52,6 @@ def study_cli(args: argparse.Namespace) -> None:
         done = sum(is_finished(c.run_dir(out)) for c in cells)
         console.info(f"{len(cells)} cells, {done} finished, {len(cells) - done} to run")
         return
-    if args.max_cells is not None and args.max_cells < 1:
-        raise UserError(f"--max-cells: expected a count >= 1, got {args.max_cells}")
     if not args.report_only:
         protocols = _chosen("--protocols", args.protocols, list(study.protocols))
         configs = _chosen("--configs", args.configs, list(study.configs))

@@ -32,7 +32,7 @@ from ..toolbox.slots import activated
 from ..util.errors import UserError
 from ..util.seeds import derive_seed
 from .losses import fisher_loss, segmentation_loss
-from .phases import PhaseClock
+from .phases import PhaseClock, timed
 from .resume import gather_ranks
 from .task import SegmentationTask
 
@@ -292,9 +292,7 @@ class AdaptationFigures(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        if self.clock is None:
-            return self.write(Path(trainer.default_root_dir))
-        with self.clock.phase("artefacts"):
+        with timed(self.clock, "artefacts"):
             self.write(Path(trainer.default_root_dir))
 
     def write(self, run_dir: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +21,7 @@ from ..util.errors import UserError
 from ..util.seeds import derive_seed
 from .held_writes import HeldWrites
 from .losses import fisher_loss
-from .phases import PhaseClock
+from .phases import PhaseClock, timed
 
 
 def trainable_digest(model: torch.nn.Module) -> str:
@@ -135,11 +134,8 @@ class GateCallback(L.Callback):
                     break
         yield from drawn
 
-    def _timed(self) -> AbstractContextManager[None]:
-        return self.clock.phase("gate") if self.clock is not None else nullcontext()
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        with self._timed():
+        with timed(self.clock, "gate"):
             self._calibrate(pl_module)
 
     def _calibrate(self, pl_module: L.LightningModule) -> None:
@@ -155,7 +151,7 @@ class GateCallback(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        with self._timed():
+        with timed(self.clock, "gate"):
             self._maybe_select(trainer, pl_module)
 
     def _maybe_select(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

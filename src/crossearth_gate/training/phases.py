@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import lightning as L
@@ -47,6 +47,11 @@ class PhaseClock:
         """{"phases_s": {phase: s} in PHASES order (those that ran), "wall_s": s since ``fit`` began}."""
         phases = {name: round(self.seconds[name], 3) for name in PHASES if name in self.seconds}
         return {"phases_s": phases, "wall_s": round(time.perf_counter() - self.start, 3)}
+
+
+def timed(clock: PhaseClock | None, name: str) -> AbstractContextManager[None]:
+    """``clock.phase(name)``, or nothing when there is no clock (a task or callback used outside ``fit``)."""
+    return clock.phase(name) if clock is not None else nullcontext()
 
 
 class ValidationTimer(L.Callback):

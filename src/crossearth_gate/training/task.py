@@ -21,7 +21,7 @@ from ..model.segmentor import Segmentor
 from ..util.errors import UserError
 from .losses import segmentation_loss
 from .metrics import SegMetrics
-from .phases import PhaseClock
+from .phases import PhaseClock, timed
 from .schedule import warmup_poly
 
 if TYPE_CHECKING:
@@ -163,9 +163,7 @@ class SegmentationTask(L.LightningModule):
     def _maybe_save_samples(self, batch: dict[str, Any], preds: Tensor, dataloader_idx: int) -> None:
         if self.sample_dir is None or self.global_rank != 0:
             return
-        if self.clock is None:
-            return self._save_samples(batch, preds, dataloader_idx)
-        with self.clock.phase("test samples"):
+        with timed(self.clock, "test samples"):
             self._save_samples(batch, preds, dataloader_idx)
 
     def _save_samples(self, batch: dict[str, Any], preds: Tensor, dataloader_idx: int) -> None:
