@@ -14,7 +14,7 @@ import yaml
 
 from crossearth_gate.config.schema import load_config
 from crossearth_gate.study.aggregate import aggregate
-from crossearth_gate.study.records import cell_record
+from crossearth_gate.study.records import cell_record, step_cost
 from crossearth_gate.study.runner import run_cells
 from crossearth_gate.study.spec import load_study, parse_study
 from crossearth_gate.util.errors import UserError
@@ -123,6 +123,29 @@ def test_shipped_study_loads_and_every_cell_resolves() -> None:
     assert a["fisher_400"].train.max_steps == a["all_on_400"].train.max_steps == 400
 
 
+def test_converged_study_pairs_its_configs_at_one_schedule() -> None:
+    study = load_study(REPO / "configs" / "studies" / "converged.yaml")
+    cells = study.cells()
+    counts: dict[tuple[str, str], int] = {}
+    for cell in cells:
+        counts[cell.protocol, cell.config] = counts.get((cell.protocol, cell.config), 0) + 1
+    for config in ("all_on_lr1e-3", "fisher_lr1e-3", "random_lr1e-3"):  # issue 20: 5 seeds on A and B, 3 on C
+        assert (counts["A", config], counts["B", config], counts["C", config]) == (5, 5, 3)
+    for config in ("frozen_lr1e-3", "budget60_lr1e-3"):
+        assert (counts["A", config], counts["B", config], counts["C", config]) == (3, 3, 3)
+    assert {c for p, c in counts if p == "D"} == {"dg_lr1e-3", "dacs_lr1e-3"}
+    configs = {(c.protocol, c.config): load_config(c.config_path, list(c.overrides)) for c in cells if c.seed == 0}
+    paired = [cfg for (p, name), cfg in configs.items() if not name.startswith(("all_on_lr3", "fisher_lr3"))]
+    assert {(cfg.train.lr, cfg.train.max_steps, cfg.data.crop_size) for cfg in paired} == {(1e-3, 500, 168)}
+    assert [t for t in configs["A", "fisher_no_spatial_lr1e-3"].toolbox.types] == ["semantic", "frequency"]
+    assert [t for t in configs["A", "fisher_no_frequency_lr1e-3"].toolbox.types] == ["spatial", "semantic"]
+    assert configs["A", "budget60_lr1e-3"].gate.budget.step_fraction == 0.6
+    assert not configs["B", "frozen_lr1e-3"].gate.enabled
+    dacs, dg = configs["D", "dacs_lr1e-3"], configs["D", "dg_lr1e-3"]
+    assert (dacs.train.adaptation, dg.train.adaptation) == ("dacs", "none")
+    assert list(dacs.data.targets) == list(dg.data.targets)
+
+
 # ----------------------------------------------------------------------------- aggregation
 
 
@@ -134,7 +157,8 @@ def made_up_cell(protocol: str, config: str, seed: int, target: float | None, st
         "tile_6": {"mIoU": target + 1, "mF1": 0.0, "OA": 0.0},
     }
     return {"protocol": protocol, "config": config, "seed": seed, "status": status, "domains": domains,
-            "target_mean_mIoU": target, "trainable_params": 1000 + seed, "step_s": 0.5, "wall_s": 60.0,
+            "target_mean_mIoU": target, "trainable_params": 1000 + seed, "step_s": 0.5, "step_cost_s": None,
+            "wall_s": 60.0,
             "command": f"crossearth-gate fit ... {config} {seed}", "error": None if status == "done" else "boom"}
 
 
@@ -174,6 +198,31 @@ def test_aggregate_against_hand_computed_values(tmp_path: Path) -> None:
     assert claim["name"] == "gated beats ref" and claim["mean"] == 2.25 and claim["n"] == 2
     assert {(c["config"], c["seed"], c["status"]) for c in summary["not_done"]} == {
         ("gated", 2, "failed"), ("ref", 1, "missing")}
+
+
+def test_step_cost_adds_the_selections_spread_over_the_timed_steps() -> None:
+    assert step_cost({"step_s": 0.5, "timed_steps": 100}, {"gate": 10.0, "test": 99.0}) == 0.6
+    assert step_cost({"step_s": 0.5, "timed_steps": 100}, {}) == 0.5  # no gate: the median step alone
+    assert step_cost({"step_s": None, "timed_steps": 0}, {"gate": 1.0}) is None
+
+
+def test_relative_cost_against_hand_computed_ratios() -> None:
+    costs = {("ref", 0): 1.0, ("ref", 1): 1.2, ("gated", 0): 0.66, ("gated", 1): 0.77}
+    cells = [{**made_up_cell("A", c, s, 40.0 + s), "step_cost_s": v} for (c, s), v in costs.items()]
+    cells += [{**made_up_cell("B", "gated", 7, 41.0), "step_cost_s": 0.5}]
+    summary = aggregate(cells, toy_study())
+    a = summary["protocols"]["A"]
+    assert a["relative_cost"]["baseline"] == "ref"
+    ref, gated = a["relative_cost"]["configs"]["ref"], a["relative_cost"]["configs"]["gated"]
+    assert (ref["n"], ref["mean"], ref["low"], ref["high"]) == (2, pytest.approx(1.0), pytest.approx(1 / 1.1),
+                                                                pytest.approx(1.2 / 1.1))
+    assert gated["mean"] == pytest.approx(0.65) and gated["low"] == pytest.approx(0.6)
+    half = 12.7062 * math.sqrt(0.5) / math.sqrt(2)  # seeds 40 and 41: std sqrt(0.5), t with df 1
+    assert a["configs"]["gated"]["target_mean_interval"] == [pytest.approx(40.5 - half), pytest.approx(40.5 + half)]
+    b = summary["protocols"]["B"]["relative_cost"]  # no reference cell under B: the first config with a cost
+    assert b["baseline"] == "gated" and b["configs"]["gated"]["mean"] == 1.0
+    assert aggregate([made_up_cell("A", "ref", 0, 40.0)], toy_study())["protocols"]["A"]["relative_cost"] == {
+        "baseline": None, "configs": {}}
 
 
 def test_clear_gain_over_three_seeds_is_supported() -> None:
@@ -286,5 +335,5 @@ def test_learning_curves_come_from_cells_validated_often_enough(tmp_path: Path) 
     assert steps.tolist() == [25, 50, 75, 100] and values.tolist() == [32.5, 35.0, 37.5, 40.0]
     assert validation_curves("B", cells) == {}
     summary = aggregate(cells, parse_study(study_dict(), tmp_path / "s.yaml"))
-    figures = write_figures(summary, cells, tmp_path / "out")
+    _, figures = write_figures(summary, cells, tmp_path / "out")
     assert (tmp_path / "out" / "figures" / "learning_curves_A.png") in figures["A"]

@@ -53,7 +53,11 @@ def test_study_writes_results_report_and_figures(study: tuple[Path, Path]) -> No
     assert claim["n"] == 2 and claim["low"] is not None
     text = (out / "study.md").read_text()
     assert "gated beats all-on" in text and claim["verdict"] in text and "Student t" in text
-    for figure in ("miou_A.png", "paired_A.png", "gate_maps_A.png"):
+    assert all(c["step_cost_s"] >= c["step_s"] for c in cells)  # the gated cells add their selections
+    cost = results["summary"]["protocols"]["A"]["relative_cost"]
+    assert cost["baseline"] == "all_on" and cost["configs"]["all_on"]["mean"] == pytest.approx(1.0)
+    assert text.index("figures/cost_A.png") < text.index("## Claims"), "study.md leads with accuracy against cost"
+    for figure in ("cost_A.png", "miou_A.png", "paired_A.png", "gate_maps_A.png"):
         assert (out / "figures" / figure).stat().st_size > 0
         assert f"figures/{figure}" in text
     assert not list(out.rglob("*.tmp"))

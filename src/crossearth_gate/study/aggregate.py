@@ -10,7 +10,7 @@ from typing import Any
 
 from .records import DONE
 from .spec import Study
-from .stats import Paired, paired_difference, summarize, verdict
+from .stats import Paired, mean_interval, paired_difference, summarize, verdict
 
 
 def _by_seed(done: list[dict[str, Any]], protocol: str, config: str) -> dict[int, float]:
@@ -27,17 +27,37 @@ def _values(runs: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def _config_summary(runs: list[dict[str, Any]], domains: list[str], not_done: list[int]) -> dict[str, Any]:
+    interval = mean_interval(_values(runs, "target_mean_mIoU"))
     return {
         "seeds": sorted(r["seed"] for r in runs),
         "not_done": sorted(not_done),
         "target_mean_mIoU": asdict(summarize(_values(runs, "target_mean_mIoU"))),
+        "target_mean_interval": None if interval is None else list(interval),
         "domains": {d: asdict(summarize(r["domains"][d]["mIoU"] for r in runs
                                         if isinstance(r["domains"].get(d, {}).get("mIoU"), int | float)))
                     for d in domains},
         "trainable_params": summarize(_values(runs, "trainable_params")).mean,
         "step_s": summarize(_values(runs, "step_s")).mean,
+        "step_cost_s": summarize(_values(runs, "step_cost_s")).mean,
         "wall_s": summarize(_values(runs, "wall_s")).mean,
     }
+
+
+def _relative_costs(in_protocol: list[dict[str, Any]], configs: dict[str, Any], reference: str) -> dict[str, Any]:
+    """Each config's step cost over the baseline's mean (the reference, else the protocol's first config with a
+    cost): the mean ratio and the range of the single seeds' ratios. Cells ran at different times, so the range
+    includes the machine's drift."""
+    costed = [name for name, c in configs.items() if c["step_cost_s"]]
+    if not costed:
+        return {"baseline": None, "configs": {}}
+    baseline = reference if reference in costed else costed[0]
+    base = configs[baseline]["step_cost_s"]
+    relative = {}
+    for name in costed:
+        ratios = [c["step_cost_s"] / base for c in in_protocol
+                  if c["config"] == name and c["status"] == DONE and isinstance(c.get("step_cost_s"), int | float)]
+        relative[name] = {"n": len(ratios), "mean": sum(ratios) / len(ratios), "low": min(ratios), "high": max(ratios)}
+    return {"baseline": baseline, "configs": relative}
 
 
 def aggregate(cells: list[dict[str, Any]], study: Study) -> dict[str, Any]:
@@ -57,7 +77,8 @@ def aggregate(cells: list[dict[str, Any]], study: Study) -> dict[str, Any]:
         reference = _by_seed(done, protocol, study.reference)
         paired = {name: _paired(paired_difference(_by_seed(done, protocol, name), reference))
                   for name in configs if name != study.reference} if study.reference in configs else {}
-        protocols[protocol] = {"domains": domains, "configs": configs, "paired": paired}
+        protocols[protocol] = {"domains": domains, "configs": configs, "paired": paired,
+                               "relative_cost": _relative_costs(in_protocol, configs, study.reference)}
     claims = []
     for claim in study.claims:
         p = paired_difference(_by_seed(done, claim.protocol, claim.better), _by_seed(done, claim.protocol, claim.worse))

@@ -26,8 +26,8 @@ def write_results(study: Study, cells: list[Cell], out: Path, command: str) -> d
     summary = aggregate(records, study)
     atomic_write_json(out / "results.json", {"study": study.name, "command": command, "cells": records,
                                              "summary": summary})
-    figures = write_figures(summary, records, out)
-    atomic_write_text(out / "study.md", study_markdown(study, summary, figures, command, out))
+    costs, figures = write_figures(summary, records, out)
+    atomic_write_text(out / "study.md", study_markdown(study, summary, costs, figures, command, out))
     return summary
 
 

@@ -48,6 +48,36 @@ def plot_miou(protocol: str, summary: dict[str, Any], cells: list[dict[str, Any]
     return _save(fig, path)
 
 
+def plot_cost(protocol: str, summary: dict[str, Any], path: Path) -> Path | None:
+    """Target-mean mIoU (mean, 95 % t interval over seeds) against the step cost relative to the baseline.
+
+    The reader's question: which method is worth its compute. None when no config has both numbers yet.
+    """
+    cost = summary["relative_cost"]
+    names = [n for n in cost["configs"] if summary["configs"][n]["target_mean_mIoU"]["mean"] is not None]
+    if not names:
+        return None
+    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+    ax = fig.subplots()
+    markers = "osD^vP*Xh<>p"
+    for i, name in enumerate(names):
+        c, x = summary["configs"][name], cost["configs"][name]
+        y = c["target_mean_mIoU"]["mean"]
+        interval = c["target_mean_interval"]
+        yerr = None if interval is None else [[y - interval[0]], [interval[1] - y]]
+        xerr = [[x["mean"] - x["low"]], [x["high"] - x["mean"]]]
+        ax.errorbar(x["mean"], y, xerr=xerr, yerr=yerr, fmt=markers[i % len(markers)], capsize=3, markersize=7,
+                    color=f"C{i % 10}", mfc="white" if interval is None else f"C{i % 10}",
+                    label=f"{name} (n={c['target_mean_mIoU']['n']})")
+    ax.axvline(1.0, color="black", linewidth=0.6, alpha=0.5)
+    ax.set_xlabel(f"step cost relative to {cost['baseline']} (median step + Fisher selections; bar: range over seeds)")
+    ax.set_ylabel("target-mean mIoU (%), mean and 95 % t interval")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"Protocol {protocol}: accuracy against cost (hollow: one seed, no interval)")
+    return _save(fig, path)
+
+
 def plot_paired(protocol: str, summary: dict[str, Any], reference: str, path: Path) -> Path:
     """Mean paired difference to the reference per config with its 95 % t interval (none for n < 2)."""
     paired = summary["paired"]
@@ -118,10 +148,16 @@ def plot_learning_curves(protocol: str, curves: dict[str, tuple[Any, Any]], path
     return _save(fig, path)
 
 
-def write_figures(summary: dict[str, Any], cells: list[dict[str, Any]], out: Path) -> dict[str, list[Path]]:
-    """Every figure of every protocol, under ``out/figures``; keyed by protocol for study.md."""
+def write_figures(summary: dict[str, Any], cells: list[dict[str, Any]],
+                  out: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Every figure of every protocol, under ``out/figures``: the accuracy-against-cost figures (study.md leads
+    with them) and the rest, both keyed by protocol."""
+    costs: dict[str, Path] = {}
     figures: dict[str, list[Path]] = {}
     for protocol, s in summary["protocols"].items():
+        cost = plot_cost(protocol, s, out / "figures" / f"cost_{protocol}.png")
+        if cost is not None:
+            costs[protocol] = cost
         paths = [plot_miou(protocol, s, cells, out / "figures" / f"miou_{protocol}.png")]
         if s["paired"]:
             paths.append(plot_paired(protocol, s, summary["reference"], out / "figures" / f"paired_{protocol}.png"))
@@ -133,4 +169,4 @@ def write_figures(summary: dict[str, Any], cells: list[dict[str, Any]], out: Pat
         if curves:
             paths.append(plot_learning_curves(protocol, curves, out / "figures" / f"learning_curves_{protocol}.png"))
         figures[protocol] = paths
-    return figures
+    return costs, figures

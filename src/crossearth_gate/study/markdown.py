@@ -18,7 +18,10 @@ METHOD = (
     "intervals of the mean difference (df = n − 1). Verdicts: **supported** when the whole interval is above "
     "0, **contradicted** when it is below 0, **inconclusive at this sample size** when it contains 0 or fewer "
     "than two seeds are paired. Step time is the median wall time of one training step as `fit` records it "
-    "(`timing.step_s` in metrics.json); wall time is the whole cell (training, selections, evaluation)."
+    "(`timing.step_s` in metrics.json); the step cost adds the Fisher selections' time spread over the steps, and "
+    "the cost column divides it by the baseline's mean step cost under the same protocol (cells ran one after "
+    "another, alone on the machine, so the machine's drift between cells enters these ratios); wall time is the "
+    "whole cell (training, selections, evaluation)."
 )
 
 
@@ -57,16 +60,20 @@ def _claims(summary: dict[str, Any]) -> list[str]:
 def _protocol(study: Study, name: str, s: dict[str, Any], figures: list[Path], out: Path) -> list[str]:
     description = study.protocols[name].description
     lines = [f"## Protocol {name}" + (f": {description}" if description else ""), ""]
-    header = ["config", "seeds", "target mean"] + s["domains"] + ["trainable", "step (s)", "wall per cell"]
+    cost = s["relative_cost"]
+    header = (["config", "seeds", "target mean"] + s["domains"]
+              + ["trainable", "step (s)", f"cost (× `{cost['baseline']}`)", "wall per cell"])
     rows = []
     for config, c in s["configs"].items():
+        relative = cost["configs"].get(config)
         seeds = ", ".join(map(str, c["seeds"])) or "none"
         if c["not_done"]:
             seeds += f" (not done: {', '.join(map(str, c['not_done']))})"
         params = None if c["trainable_params"] is None else round(c["trainable_params"])
         rows.append([f"`{config}`", seeds, _mean_std(c["target_mean_mIoU"])]
                     + [_mean_std(c["domains"][d]) for d in s["domains"]]
-                    + [human_count(params), _num(c["step_s"], 3), duration(c["wall_s"]) if c["wall_s"] else "–"])
+                    + [human_count(params), _num(c["step_s"], 3), _num(relative and relative["mean"]),
+                       duration(c["wall_s"]) if c["wall_s"] else "–"])
     lines += _table(header, rows)
     if s["paired"]:
         lines += [f"Paired differences against `{study.reference}` (target-mean mIoU, same seed):", ""]
@@ -79,6 +86,15 @@ def _protocol(study: Study, name: str, s: dict[str, Any], figures: list[Path], o
     return lines
 
 
+def _accuracy_against_cost(costs: dict[str, Path], out: Path) -> list[str]:
+    if not costs:
+        return []
+    lines = ["## Accuracy against cost", "",
+             "Per protocol: each config's target-mean mIoU (mean over seeds, 95 % t interval) against its step cost "
+             "relative to the baseline (the range of the single seeds' ratios). Up and to the left is better.", ""]
+    return lines + [f"![{p.stem}]({quote(p.relative_to(out).as_posix())})" for p in costs.values()] + [""]
+
+
 def _not_done(summary: dict[str, Any]) -> list[str]:
     if not summary["not_done"]:
         return []
@@ -88,14 +104,15 @@ def _not_done(summary: dict[str, Any]) -> list[str]:
             + _table(["cell", "status", "last error", "command"], rows))
 
 
-def study_markdown(study: Study, summary: dict[str, Any], figures: dict[str, list[Path]], command: str,
-                   out: Path) -> str:
+def study_markdown(study: Study, summary: dict[str, Any], costs: dict[str, Path], figures: dict[str, list[Path]],
+                   command: str, out: Path) -> str:
     lines = [f"# Study: {study.name}", ""]
     if study.description:
         lines += [study.description.strip(), ""]
-    lines += ["Reproduce with:", "", "```bash", command, "```", "",
-              "Every cell's own command is in `results.json`.", "", METHOD, ""]
+    lines += _accuracy_against_cost(costs, out)
     lines += _claims(summary)
+    lines += ["## How the numbers are made", "", "Reproduce with:", "", "```bash", command, "```", "",
+              "Every cell's own command is in `results.json`.", "", METHOD, ""]
     for name, s in summary["protocols"].items():
         lines += _protocol(study, name, s, figures.get(name, []), out)
     lines += _not_done(summary)

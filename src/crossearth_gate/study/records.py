@@ -47,6 +47,17 @@ def target_mean(domains: dict[str, dict[str, Any]]) -> float | None:
     return round(sum(values) / len(values), 4)
 
 
+def step_cost(timing: dict[str, Any], phases_s: dict[str, float]) -> float | None:
+    """The median step plus the Fisher selections spread over the timed steps: what one step of a method costs.
+
+    Both come from the same attempt of the cell (a resumed cell times only the steps after its resume).
+    """
+    step, steps = timing.get("step_s"), timing.get("timed_steps")
+    if not isinstance(step, int | float) or not isinstance(steps, int) or steps < 1:
+        return None
+    return round(step + phases_s.get("gate", 0.0) / steps, 5)
+
+
 def cell_record(cell: Cell, out: Path) -> dict[str, Any]:
     """The cell's results, or its status ("failed" / "missing") with no numbers at all."""
     run_dir = cell.run_dir(out)
@@ -54,7 +65,8 @@ def cell_record(cell: Cell, out: Path) -> dict[str, Any]:
     record: dict[str, Any] = {
         "protocol": cell.protocol, "config": cell.config, "seed": cell.seed, "status": MISSING,
         "run_dir": str(run_dir), "domains": {}, "target_mean_mIoU": None, "trainable_params": None,
-        "step_s": None, "wall_s": state.get("wall_s"), "selector": None, "k": None, "command": cell.command(out),
+        "step_s": None, "step_cost_s": None, "wall_s": state.get("wall_s"), "selector": None, "k": None,
+        "command": cell.command(out),
     }
     if not is_finished(run_dir):
         if state.get("exit_code"):
@@ -66,9 +78,11 @@ def cell_record(cell: Cell, out: Path) -> dict[str, Any]:
         return {**record, "status": FAILED, "error": str(err)}
     domains = {name: {k: d.get(k) for k in ("mIoU", "mF1", "OA")} for name, d in metrics["domains"].items()}
     run = metrics.get("run", {})
+    timing = metrics.get("timing", {})
     record.update(
         status=DONE, domains=domains, target_mean_mIoU=target_mean(domains),
-        trainable_params=metrics.get("params", {}).get("trainable"),
-        step_s=metrics.get("timing", {}).get("step_s"), selector=run.get("selector"), k=run.get("k"),
+        trainable_params=metrics.get("params", {}).get("trainable"), step_s=timing.get("step_s"),
+        step_cost_s=step_cost(timing, metrics.get("phases", {}).get("phases_s", {})),
+        selector=run.get("selector"), k=run.get("k"),
     )
     return record

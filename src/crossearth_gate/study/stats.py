@@ -56,6 +56,15 @@ def summarize(values: Iterable[float]) -> Summary:
     return Summary(len(values), statistics.fmean(values), std)
 
 
+def mean_interval(values: Iterable[float]) -> tuple[float, float] | None:
+    """The 95 % Student t interval of the mean of ``values``; None for fewer than two values."""
+    summary = summarize(values)
+    if summary.std is None or summary.mean is None:
+        return None
+    half = t975(summary.n - 1) * summary.std / math.sqrt(summary.n)
+    return summary.mean - half, summary.mean + half
+
+
 @dataclass(frozen=True)
 class Paired:
     """Differences a - b over the seeds both have; the interval is None below two pairs."""
@@ -77,10 +86,10 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> Paired:
     seeds = tuple(sorted(set(a) & set(b)))
     diffs = tuple(a[s] - b[s] for s in seeds)
     summary = summarize(diffs)
-    if summary.std is None:
+    interval = mean_interval(diffs)
+    if interval is None:
         return Paired(seeds, diffs, summary.mean, None, None, None)
-    half = t975(len(diffs) - 1) * summary.std / math.sqrt(len(diffs))
-    return Paired(seeds, diffs, summary.mean, summary.std, summary.mean - half, summary.mean + half)
+    return Paired(seeds, diffs, summary.mean, summary.std, *interval)
 
 
 def verdict(paired: Paired) -> str:
