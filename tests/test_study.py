@@ -337,3 +337,18 @@ def test_learning_curves_come_from_cells_validated_often_enough(tmp_path: Path) 
     summary = aggregate(cells, parse_study(study_dict(), tmp_path / "s.yaml"))
     _, figures = write_figures(summary, cells, tmp_path / "out")
     assert (tmp_path / "out" / "figures" / "learning_curves_A.png") in figures["A"]
+    assert not (tmp_path / "out" / "figures" / "confident_share_A.png").exists(), "no DACS cell, no DACS figure"
+
+
+def test_dacs_cells_get_a_confidence_figure(tmp_path: Path) -> None:
+    from crossearth_gate.study.figures import logged_curves, write_figures
+
+    run_dir = tmp_path / "dacs"
+    (run_dir / "logs").mkdir(parents=True)
+    rows = ["step,train/loss,dacs/confident_share"] + [f"{s},1.0,{s / 100}" for s in (10, 20, 30)]
+    (run_dir / "logs" / "metrics.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cells = [{**made_up_cell("A", "gated", 0, 40.0), "run_dir": str(run_dir)}]
+    steps, share = logged_curves("A", cells, "dacs/confident_share")["gated seed 0"]
+    assert steps.tolist() == [10, 20, 30] and share.tolist() == [0.1, 0.2, 0.3]
+    _, figures = write_figures(aggregate(cells, one_protocol_study()), cells, tmp_path / "out")
+    assert (tmp_path / "out" / "figures" / "confident_share_A.png") in figures["A"]

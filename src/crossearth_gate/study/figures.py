@@ -27,7 +27,8 @@ def plot_miou(protocol: str, summary: dict[str, Any], cells: list[dict[str, Any]
     for x, name in enumerate(names):
         s = summary["configs"][name]["target_mean_mIoU"]
         if s["mean"] is None:
-            ax.text(x, 1, "no run", ha="center", va="bottom", rotation=90, fontsize=8, color="#777777")
+            ax.text(x, 0.02, "no run", ha="center", va="bottom", rotation=90, fontsize=8, color="#777777",
+                    transform=ax.get_xaxis_transform())  # at the axes' foot whatever the mIoU range
             continue
         ax.bar(x, s["mean"], 0.6, color="tab:blue", alpha=0.35)
         if s["std"] is not None:
@@ -121,30 +122,36 @@ def gate_histories(protocol: str, cells: list[dict[str, Any]]) -> dict[str, dict
             if g["selections"]}
 
 
-def validation_curves(protocol: str, cells: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
-    """(steps, source-val mIoU) of every finished cell of ``protocol`` validated at least MIN_CURVE_POINTS times."""
+def logged_curves(protocol: str, cells: list[dict[str, Any]], column: str,
+                  min_points: int = 1) -> dict[str, tuple[Any, Any]]:
+    """(steps, values) of one logged metric for every finished cell of ``protocol`` that logged it min_points times."""
     curves = {}
     for c in cells:
         log = Path(c["run_dir"]) / "logs" / "metrics.csv"
         if c["protocol"] != protocol or c["status"] != DONE or not log.is_file():
             continue
-        steps, values = read_log_series(log, "val/mIoU")
-        if len(values) >= MIN_CURVE_POINTS:
+        steps, values = read_log_series(log, column)
+        if len(values) >= max(1, min_points):
             curves[f"{c['config']} seed {c['seed']}"] = (steps, values)
     return curves
 
 
-def plot_learning_curves(protocol: str, curves: dict[str, tuple[Any, Any]], path: Path) -> Path:
-    """Held-out source mIoU against the optimisation step: how far from convergence the study's step count is."""
+def validation_curves(protocol: str, cells: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+    """Held-out source mIoU of the cells validated at least MIN_CURVE_POINTS times (learning-curve runs)."""
+    return logged_curves(protocol, cells, "val/mIoU", MIN_CURVE_POINTS)
+
+
+def plot_curves(title: str, ylabel: str, curves: dict[str, tuple[Any, Any]], path: Path, marker: str = "o") -> Path:
+    """One line per cell against the optimisation step."""
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.subplots()
     for name, (steps, values) in curves.items():
-        ax.plot(steps, values, marker="o", markersize=3, linewidth=1.4, label=name)
+        ax.plot(steps, values, marker=marker, markersize=3, linewidth=1.4, label=name)
     ax.set_xlabel("optimisation step")
-    ax.set_ylabel("held-out source mIoU (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"Protocol {protocol}: learning curves")
+    ax.set_title(title)
     return _save(fig, path)
 
 
@@ -166,7 +173,13 @@ def write_figures(summary: dict[str, Any], cells: list[dict[str, Any]],
             paths.append(plot_gate_maps(gates, out / "figures" / f"gate_maps_{protocol}.png",
                                         f"Protocol {protocol}: how often each slot was active (seeds pooled)"))
         curves = validation_curves(protocol, cells)
-        if curves:
-            paths.append(plot_learning_curves(protocol, curves, out / "figures" / f"learning_curves_{protocol}.png"))
+        if curves:  # how far from convergence the study's step count is
+            paths.append(plot_curves(f"Protocol {protocol}: learning curves", "held-out source mIoU (%)", curves,
+                                     out / "figures" / f"learning_curves_{protocol}.png"))
+        confident = logged_curves(protocol, cells, "dacs/confident_share")
+        if confident:  # does the DACS teacher pass τ on most target pixels within the schedule?
+            paths.append(plot_curves(f"Protocol {protocol}: DACS pseudo-labels passing the confidence threshold τ",
+                                     "share of target pixels above τ", confident,
+                                     out / "figures" / f"confident_share_{protocol}.png", marker=""))
         figures[protocol] = paths
     return costs, figures
