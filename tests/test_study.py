@@ -123,6 +123,28 @@ def test_shipped_study_loads_and_every_cell_resolves() -> None:
     assert a["fisher_400"].train.max_steps == a["all_on_400"].train.max_steps == 400
 
 
+
+def test_dubai_tiles_moved_to_the_sweeps_schedule_and_the_100_step_study_pins_the_old_rate() -> None:
+    """dubai_tiles trains at lr 1e-3 for 500 steps (the converged sweep); paper_claims ran at its old 3e-4.
+
+    Without the study's own ``train.lr=0.0003`` every cell that sets no rate would silently move to 1e-3.
+    """
+    shipped = load_config("dubai_tiles")
+    assert (shipped.train.lr, shipped.train.max_steps) == (1e-3, 500)
+    assert (shipped.data.crop_size, shipped.train.val_every, shipped.gate.num_samples, shipped.gate.warmup) == (
+        224, 100, 8, 0)
+    study = load_study(SHIPPED)
+    unpinned = 0
+    for cell in study.cells():
+        entry = study.configs[cell.config].overrides
+        cfg = load_config(cell.config_path, list(cell.overrides))
+        if not any(o.startswith("train.lr=") for o in entry):
+            unpinned += 1
+            assert cfg.train.lr == 3e-4, cell.key
+        if not any(o.startswith("train.max_steps=") for o in entry):
+            assert cfg.train.max_steps == 100, cell.key
+    assert unpinned == len(study.cells()) - 3 * 3 - 2, "every cell but the lr 1e-3 (3 x 3 seeds) and 1e-4 (2) ones"
+
 def test_converged_study_pairs_its_configs_at_one_schedule() -> None:
     study = load_study(REPO / "configs" / "studies" / "converged.yaml")
     cells = study.cells()

@@ -20,7 +20,7 @@ from ..config.schema import RunConfig, load_config
 from ..heads.losses import cross_entropy
 from ..model.segmentor import Segmentor
 
-LR = 3e-4  # the demo's; only the optimiser's work matters here, not where it leads
+LR = 3e-4  # fixed, whatever the config's train.lr: only the optimiser's work matters here, not where it leads
 
 # configuration -> config overrides that make it (the paper's baselines, as in configs/baselines)
 CONFIG_OVERRIDES: dict[str, list[str]] = {
