@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -352,14 +353,22 @@ def test_learning_curves_come_from_cells_validated_often_enough(tmp_path: Path) 
     cells = [long_run, cell_with_log("short", [50, 100]), {**made_up_cell("A", "failed", 0, None, "failed"),
                                                           "run_dir": str(tmp_path / "missing")}]
     curves = validation_curves("A", cells)
-    assert list(curves) == ["long seed 0"]
-    steps, values = curves["long seed 0"]
+    assert list(curves) == ["long"] and list(curves["long"]) == [0]
+    steps, values = curves["long"][0]
     assert steps.tolist() == [25, 50, 75, 100] and values.tolist() == [32.5, 35.0, 37.5, 40.0]
     assert validation_curves("B", cells) == {}
     summary = aggregate(cells, parse_study(study_dict(), tmp_path / "s.yaml"))
     _, figures = write_figures(summary, cells, tmp_path / "out")
     assert (tmp_path / "out" / "figures" / "learning_curves_A.png") in figures["A"]
     assert not (tmp_path / "out" / "figures" / "confident_share_A.png").exists(), "no DACS cell, no DACS figure"
+
+
+def test_seed_mean_averages_the_steps_every_seed_logged() -> None:
+    from crossearth_gate.study.figures import seed_mean
+
+    seeds = {0: (np.array([50, 100, 150]), np.array([30.0, 40.0, 45.0])),
+             1: (np.array([50, 100]), np.array([32.0, 44.0]))}  # seed 1 stopped early
+    assert seed_mean(seeds) == ([50, 100], [31.0, 42.0])
 
 
 def test_dacs_cells_get_a_confidence_figure(tmp_path: Path) -> None:
@@ -370,7 +379,7 @@ def test_dacs_cells_get_a_confidence_figure(tmp_path: Path) -> None:
     rows = ["step,train/loss,dacs/confident_share"] + [f"{s},1.0,{s / 100}" for s in (10, 20, 30)]
     (run_dir / "logs" / "metrics.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     cells = [{**made_up_cell("A", "gated", 0, 40.0), "run_dir": str(run_dir)}]
-    steps, share = logged_curves("A", cells, "dacs/confident_share")["gated seed 0"]
+    steps, share = logged_curves("A", cells, "dacs/confident_share")["gated"][0]
     assert steps.tolist() == [10, 20, 30] and share.tolist() == [0.1, 0.2, 0.3]
     _, figures = write_figures(aggregate(cells, one_protocol_study()), cells, tmp_path / "out")
     assert (tmp_path / "out" / "figures" / "confident_share_A.png") in figures["A"]

@@ -123,34 +123,46 @@ def gate_histories(protocol: str, cells: list[dict[str, Any]]) -> dict[str, dict
 
 
 def logged_curves(protocol: str, cells: list[dict[str, Any]], column: str,
-                  min_points: int = 1) -> dict[str, tuple[Any, Any]]:
-    """(steps, values) of one logged metric for every finished cell of ``protocol`` that logged it min_points times."""
-    curves = {}
+                  min_points: int = 1) -> dict[str, dict[int, tuple[Any, Any]]]:
+    """Config → seed → (steps, values) of one logged metric, for every finished cell of ``protocol`` that logged
+    it at least ``min_points`` times."""
+    curves: dict[str, dict[int, tuple[Any, Any]]] = {}
     for c in cells:
         log = Path(c["run_dir"]) / "logs" / "metrics.csv"
         if c["protocol"] != protocol or c["status"] != DONE or not log.is_file():
             continue
         steps, values = read_log_series(log, column)
         if len(values) >= max(1, min_points):
-            curves[f"{c['config']} seed {c['seed']}"] = (steps, values)
+            curves.setdefault(c["config"], {})[c["seed"]] = (steps, values)
     return curves
 
 
-def validation_curves(protocol: str, cells: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+def validation_curves(protocol: str, cells: list[dict[str, Any]]) -> dict[str, dict[int, tuple[Any, Any]]]:
     """Held-out source mIoU of the cells validated at least MIN_CURVE_POINTS times (learning-curve runs)."""
     return logged_curves(protocol, cells, "val/mIoU", MIN_CURVE_POINTS)
 
 
-def plot_curves(title: str, ylabel: str, curves: dict[str, tuple[Any, Any]], path: Path, marker: str = "o") -> Path:
-    """One line per cell against the optimisation step."""
-    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+def seed_mean(seeds: dict[int, tuple[Any, Any]]) -> tuple[list[float], list[float]]:
+    """The mean over seeds at the steps every seed logged (a resumed or shorter run may miss some)."""
+    per_seed = [dict(zip(steps.tolist(), values.tolist(), strict=True)) for steps, values in seeds.values()]
+    common = sorted(set.intersection(*(set(p) for p in per_seed)))
+    return common, [sum(p[s] for p in per_seed) / len(per_seed) for s in common]
+
+
+def plot_curves(title: str, ylabel: str, curves: dict[str, dict[int, tuple[Any, Any]]], path: Path) -> Path:
+    """Per config, its mean over seeds (thick) over its single seeds (thin): configs stay apart at a glance."""
+    fig = Figure(figsize=(8.0, 5.0), layout="constrained")
     ax = fig.subplots()
-    for name, (steps, values) in curves.items():
-        ax.plot(steps, values, marker=marker, markersize=3, linewidth=1.4, label=name)
+    for i, (config, seeds) in enumerate(curves.items()):
+        color, style = f"C{i % 10}", ("-", "--", ":")[i // 10 % 3]
+        for steps, values in seeds.values():
+            ax.plot(steps, values, color=color, linestyle=style, linewidth=0.7, alpha=0.35)
+        steps, mean = seed_mean(seeds)
+        ax.plot(steps, mean, color=color, linestyle=style, linewidth=2.0, label=f"{config} (n={len(seeds)})")
     ax.set_xlabel("optimisation step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.set_title(title)
     return _save(fig, path)
 
@@ -180,6 +192,6 @@ def write_figures(summary: dict[str, Any], cells: list[dict[str, Any]],
         if confident:  # does the DACS teacher pass τ on most target pixels within the schedule?
             paths.append(plot_curves(f"Protocol {protocol}: DACS pseudo-labels passing the confidence threshold τ",
                                      "share of target pixels above τ", confident,
-                                     out / "figures" / f"confident_share_{protocol}.png", marker=""))
+                                     out / "figures" / f"confident_share_{protocol}.png"))
         figures[protocol] = paths
     return costs, figures
