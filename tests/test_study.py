@@ -156,7 +156,7 @@ def test_converged_study_pairs_its_configs_at_one_schedule() -> None:
         assert (counts["A", config], counts["B", config], counts["C", config]) == (5, 5, 3)
     for config in ("frozen_lr1e-3", "budget60_lr1e-3"):
         assert (counts["A", config], counts["B", config], counts["C", config]) == (3, 3, 3)
-    assert {c for p, c in counts if p == "D"} == {"dg_lr1e-3", "dacs_lr1e-3"}
+    assert {c for p, c in counts if p == "D"} == {"dg_lr1e-3", "dacs_lr1e-3", "dacs_tau0.8_lr1e-3"}
     configs = {(c.protocol, c.config): load_config(c.config_path, list(c.overrides)) for c in cells if c.seed == 0}
     paired = [cfg for (p, name), cfg in configs.items() if not name.startswith(("all_on_lr3", "fisher_lr3"))]
     assert {(cfg.train.lr, cfg.train.max_steps, cfg.data.crop_size) for cfg in paired} == {(1e-3, 500, 168)}
@@ -167,6 +167,7 @@ def test_converged_study_pairs_its_configs_at_one_schedule() -> None:
     dacs, dg = configs["D", "dacs_lr1e-3"], configs["D", "dg_lr1e-3"]
     assert (dacs.train.adaptation, dg.train.adaptation) == ("dacs", "none")
     assert list(dacs.data.targets) == list(dg.data.targets)
+    assert (dacs.adaptation.confidence, configs["D", "dacs_tau0.8_lr1e-3"].adaptation.confidence) == (0.968, 0.8)
 
 
 # ----------------------------------------------------------------------------- aggregation
