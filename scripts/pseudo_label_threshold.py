@@ -12,7 +12,9 @@ training: the model in eval mode on crops of ``data.crop_size``, then ``head.pro
   ONLY, accuracy against the labels on disk. Target labels never choose τ.
 
 Crops: every image cut into the non-overlapping ``crop_size`` tiles that fit whole (a strip narrower than a
-crop at the right and bottom edges is left out), so the result is deterministic. No-data pixels
+crop at the right and bottom edges is left out), so the result is deterministic; or, with ``--random-crops N``,
+N seeded crops per image drawn by the run's own training transform (random scale in ``data.scale_range``,
+flips, turns, black padding), the crops the teacher labels in training. No-data pixels
 (``has_data``) count nowhere; label 255 counts in shares (they need no label) but not in accuracies.
 
 The rule: the smallest τ of the grid whose source-validation accuracy above τ is >= 0.90.
@@ -33,6 +35,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +149,14 @@ def load_run(run_dir: Path, checkpoint: Path, target_config: str | None) -> tupl
 def predictor(cfg: RunConfig, checkpoint: Path) -> tuple[Any, Any, str]:
     """The model, and a function images → probabilities: the checkpoint's EMA teacher when it holds one, else
     its student."""
-    model = build_segmentor(cfg, len(cfg.data.source.info.classes), input_kernels(cfg))
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as err:  # any unreadable file is the user's input, not a bug
+        raise UserError(f"{checkpoint}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise UserError(f"{checkpoint}: not a training checkpoint (no state_dict)")
     state = saved["state_dict"]
+    model = build_segmentor(cfg, len(cfg.data.source.info.classes), input_kernels(cfg))
     teacher_state = {k.removeprefix("teacher."): v for k, v in state.items() if k.startswith("teacher.")}
     # built before the active set is restored, as the DACS task builds it: the names it averages stay the same
     teacher = EMATeacher(model, cfg.adaptation.ema_alpha) if teacher_state else None
@@ -175,10 +183,28 @@ def tiles(image: Tensor, mask: Tensor, size: int) -> Iterator[tuple[Tensor, Tens
             yield image[:, y:y + size, x:x + size], mask[y:y + size, x:x + size]
 
 
-def measure(dataset: SegmentationDataset, predict: Any, size: int, mean: tuple[float, ...],
+def crops_of(dataset: SegmentationDataset, size: int, train: Any, per_image: int, seed: int
+             ) -> Iterator[tuple[Tensor, Tensor]]:
+    """(image, mask) crops: every whole tile of each image (``per_image`` 0), else ``per_image`` crops of each
+    image drawn by the run's training transform ``train`` (scale, flips, turns: what the teacher sees in
+    training), seeded."""
+    if per_image == 0:
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            yield from tiles(sample["image"], sample["mask"], size)
+        return
+    drawn = SegmentationDataset(dataset.pairs, dataset.info, train, labelled=True)
+    torch.manual_seed(seed)  # the transform draws from torch's global RNG
+    for index in range(len(drawn)):
+        for _ in range(per_image):
+            sample = drawn[index]
+            yield sample["image"], sample["mask"]
+
+
+def measure(crops: Iterator[tuple[Tensor, Tensor]], predict: Any, mean: tuple[float, ...],
             std: tuple[float, ...], taus: tuple[float, ...], batch: int = 8) -> tuple[Tally, int]:
-    """Tally of every whole tile of every image of ``dataset``; also the number of tiles."""
-    tally, crops = Tally(taus), 0
+    """Tally of all ``crops``; also their number."""
+    tally, count = Tally(taus), 0
     pending: list[tuple[Tensor, Tensor]] = []
 
     def flush() -> None:
@@ -188,16 +214,14 @@ def measure(dataset: SegmentationDataset, predict: Any, size: int, mean: tuple[f
             tally.add(predict(images), labels, has_data(images, mean, std))
         pending.clear()
 
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        for tile in tiles(sample["image"], sample["mask"], size):
-            pending.append(tile)
-            crops += 1
-            if len(pending) == batch:
-                flush()
+    for crop in crops:
+        pending.append(crop)
+        count += 1
+        if len(pending) == batch:
+            flush()
     if pending:
         flush()
-    return tally, crops
+    return tally, count
 
 
 # ---------------------------------------------------------------- output
@@ -235,6 +259,8 @@ def _print(name: str, result: dict[str, Any], note: str = "") -> None:
 
 def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
+    if args.random_crops < 0:
+        raise UserError(f"--random-crops must be >= 0, got {args.random_crops}")
     checkpoint = args.checkpoint or args.run_dir / "checkpoints" / "last.ckpt"
     cfg, target_origin = load_run(args.run_dir, checkpoint, args.target_config)
     taus = tuple(sorted(args.taus))
@@ -247,8 +273,10 @@ def run(args: argparse.Namespace) -> None:
     val = datamodule.val_dataloader()
     if not isinstance(val, DataLoader):
         raise UserError(f"{args.run_dir}: the run has no source validation split (data.val_fraction 0, no data.val)")
-    tally, crops = measure(val.dataset, predict, size, mean, std, taus)
-    source = {"crops": crops, **table(tally)}
+    crops = partial(crops_of, size=size, train=datamodule.train_transform, per_image=args.random_crops,
+                    seed=args.seed)
+    tally, count = measure(crops(val.dataset), predict, mean, std, taus)
+    source = {"crops": count, **table(tally)}
     _print("source val", source)
     target = None
     spec = cfg.data.unlabelled_target
@@ -256,8 +284,8 @@ def run(args: argparse.Namespace) -> None:
         print("target: skipped (the config has no data.unlabelled_target; --target-config NAME takes one)")
     else:
         labelled = SegmentationDataset(list_pairs(spec, labelled=True), spec.info, transform, labelled=True)
-        tally, crops = measure(labelled, predict, size, mean, std, taus)
-        target = {"crops": crops, "from": target_origin, **table(tally)}
+        tally, count = measure(crops(labelled), predict, mean, std, taus)
+        target = {"crops": count, "from": target_origin, **table(tally)}
         _print("target", target, "  [accuracies: DIAGNOSTIC, not used to choose τ]")
     chosen = smallest_tau(source["rows"])
     kept = None
@@ -269,7 +297,9 @@ def run(args: argparse.Namespace) -> None:
     atomic_write_json(args.out, {
         "command": shlex.join(["python", *sys.argv]),
         "run_dir": str(args.run_dir), "checkpoint": str(checkpoint), "weights": weights,
-        "crops": f"every image cut into the non-overlapping {size}x{size} tiles that fit whole",
+        "crops": (f"every image cut into the non-overlapping {size}x{size} tiles that fit whole"
+                  if args.random_crops == 0 else f"{args.random_crops} crops of {size}x{size} per image drawn by the "
+                  f"run's training transform (scale {list(cfg.data.scale_range)}, flips, turns), seed {args.seed}"),
         "source": source, "target": target,
         "target_accuracy_note": "diagnostic only: target labels are not used to choose τ",
         "rule": {"required_source_accuracy": REQUIRED_ACCURACY, "tau": chosen, "target_share_kept": kept},
@@ -286,6 +316,9 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, help="default: RUN_DIR/checkpoints/last.ckpt")
     p.add_argument("--target-config", help="take data.unlabelled_target from this config (e.g. dubai_da for a DG run)")
     p.add_argument("--taus", type=float, nargs="+", default=list(GRID))
+    p.add_argument("--random-crops", type=int, default=0, metavar="N",
+                   help="N crops per image by the run's training transform instead of the whole tiles (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="for --random-crops")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--figure", type=Path)
     args = p.parse_args()

@@ -111,4 +111,10 @@ def test_bad_run_dir_is_one_line_and_exit_2(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--out", str(out)], capture_output=True,
                           text=True)
     assert done.returncode == 2 and "no such checkpoint" in done.stderr
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_text("not a checkpoint")
+    (tmp_path / "config.yaml").write_text("_base_: demo\n")
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--out", str(out)], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and "not a readable checkpoint" in done.stderr, done.stderr
     assert not out.exists()
