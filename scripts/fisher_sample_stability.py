@@ -17,7 +17,8 @@ States: the model as a run starts (pretrained backbone, slots at their initial v
 
     python scripts/fisher_sample_stability.py --config demo --images 48 \
         --checkpoint runs/converged/runs/A/fisher_lr1e-3/seed0/checkpoints/last.ckpt \
-        --out benchmarks/fisher_sample_stability.json --figure docs/images/fisher_sample_stability.png
+        --out benchmarks/fisher_sample_stability.json --figure docs/images/fisher_sample_stability.png \
+        "model.head_kwargs={fuse_kernel: 3}"   # the study's checkpoints have the 3x3 fusion
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ import torch  # noqa: E402
 from crossearth_gate.config.schema import load_config  # noqa: E402
 from crossearth_gate.gating.fisher import slot_fisher  # noqa: E402
 from crossearth_gate.gating.selection import normalize_per_type, resolve_k, top_k  # noqa: E402
+from crossearth_gate.training.checkpoint_io import load_trained_weights  # noqa: E402
 from crossearth_gate.training.losses import fisher_loss  # noqa: E402
 from crossearth_gate.training.run import build_datamodule  # noqa: E402
 from crossearth_gate.training.task import build_segmentor, input_kernels  # noqa: E402
 from crossearth_gate.util.atomic import atomic_write_json  # noqa: E402
+from crossearth_gate.util.errors import UserError  # noqa: E402
 
 SAMPLE_COUNTS = (1, 2, 4, 6, 8, 12, 16)
 
@@ -142,11 +145,10 @@ def main() -> None:
     for label, checkpoint in states.items():
         if checkpoint is not None:
             state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-            loaded = model.load_state_dict({key.removeprefix("model."): v for key, v in state.items()
-                                            if key.startswith("model.")}, strict=False)
-            frozen = [key for key in loaded.missing_keys if not key.startswith("backbone.vit.")]
-            if loaded.unexpected_keys or frozen:  # checkpoints leave out only the frozen backbone
-                raise SystemExit(f"{checkpoint}: not this config's model ({(loaded.unexpected_keys + frozen)[:3]})")
+            try:
+                load_trained_weights(model, state, checkpoint)
+            except UserError as err:
+                raise SystemExit(str(err)) from None
         rows = per_image_scores(model, datamodule, args.images, args.seed)
         results[label] = stability(rows, k, args.subsets, args.seed)
         selections[label] = sorted(chosen(rows, k))

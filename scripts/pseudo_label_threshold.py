@@ -52,9 +52,10 @@ from crossearth_gate.adaptation.teacher import EMATeacher  # noqa: E402
 from crossearth_gate.config.schema import RunConfig, load_config  # noqa: E402
 from crossearth_gate.data.catalog import list_pairs  # noqa: E402
 from crossearth_gate.data.datasets import SegmentationDataset  # noqa: E402
+from crossearth_gate.training.checkpoint_io import load_trained_weights  # noqa: E402
 from crossearth_gate.training.run import build_datamodule  # noqa: E402
 from crossearth_gate.training.task import build_segmentor, input_kernels  # noqa: E402
-from crossearth_gate.util.atomic import atomic_write_json  # noqa: E402
+from crossearth_gate.util.atomic import atomic_write, atomic_write_json  # noqa: E402
 from crossearth_gate.util.errors import UserError  # noqa: E402
 from crossearth_gate.util.labels import IGNORE_INDEX  # noqa: E402
 
@@ -162,11 +163,7 @@ def predictor(cfg: RunConfig, checkpoint: Path) -> tuple[Any, Any, str]:
     teacher = EMATeacher(model, cfg.adaptation.ema_alpha) if teacher_state else None
     if "active_slots" in saved:  # weights and active set travel together (training/task.py)
         model.toolbox.set_active(saved["active_slots"])
-    loaded = model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")},
-                                   strict=False)
-    frozen = [key for key in loaded.missing_keys if not key.startswith("backbone.vit.")]
-    if loaded.unexpected_keys or frozen:  # checkpoints leave out only the frozen backbone
-        raise UserError(f"{checkpoint}: not this config's model ({(loaded.unexpected_keys + frozen)[:3]})")
+    load_trained_weights(model, state, checkpoint)
     model.eval()
     if teacher is None:
         return model, (lambda images: model.head.probabilities(model(images))), "student (no teacher in the checkpoint)"
@@ -247,7 +244,8 @@ def figure(source: dict[str, Any], target: dict[str, Any] | None, chosen: float 
     ax.set_title("teacher pseudo-labels: share and accuracy above τ", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
 
 
 def _print(name: str, result: dict[str, Any], note: str = "") -> None:

@@ -52,10 +52,10 @@ def test_paired_difference_uses_shared_seeds_and_t_interval() -> None:
 
 
 def test_mean_interval_is_the_t_interval_of_the_mean() -> None:
-    low, high = mean_interval([40.0, 42.0, 41.0, 45.0])  # mean 42, squared deviations 4 + 0 + 1 + 9 over 3
+    low, high = mean_interval(summarize([40.0, 42.0, 41.0, 45.0]))  # mean 42, squared deviations 4 + 0 + 1 + 9 over 3
     half = 3.1824 * math.sqrt(14 / 3) / 2
     assert (low, high) == (pytest.approx(42 - half, abs=1e-3), pytest.approx(42 + half, abs=1e-3))
-    assert mean_interval([40.0]) is None and mean_interval([]) is None
+    assert mean_interval(summarize([40.0])) is None and mean_interval(summarize([])) is None
 
 
 def test_verdicts() -> None:

@@ -27,11 +27,12 @@ def _values(runs: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def _config_summary(runs: list[dict[str, Any]], domains: list[str], not_done: list[int]) -> dict[str, Any]:
-    interval = mean_interval(_values(runs, "target_mean_mIoU"))
+    target = summarize(_values(runs, "target_mean_mIoU"))
+    interval = mean_interval(target)
     return {
         "seeds": sorted(r["seed"] for r in runs),
         "not_done": sorted(not_done),
-        "target_mean_mIoU": asdict(summarize(_values(runs, "target_mean_mIoU"))),
+        "target_mean_mIoU": asdict(target),
         "target_mean_interval": None if interval is None else list(interval),
         "domains": {d: asdict(summarize(r["domains"][d]["mIoU"] for r in runs
                                         if isinstance(r["domains"].get(d, {}).get("mIoU"), int | float)))

@@ -56,9 +56,8 @@ def summarize(values: Iterable[float]) -> Summary:
     return Summary(len(values), statistics.fmean(values), std)
 
 
-def mean_interval(values: Iterable[float]) -> tuple[float, float] | None:
-    """The 95 % Student t interval of the mean of ``values``; None for fewer than two values."""
-    summary = summarize(values)
+def mean_interval(summary: Summary) -> tuple[float, float] | None:
+    """The 95 % Student t interval of the mean the summary describes; None for fewer than two values."""
     if summary.std is None or summary.mean is None:
         return None
     half = t975(summary.n - 1) * summary.std / math.sqrt(summary.n)
@@ -86,7 +85,7 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> Paired:
     seeds = tuple(sorted(set(a) & set(b)))
     diffs = tuple(a[s] - b[s] for s in seeds)
     summary = summarize(diffs)
-    interval = mean_interval(diffs)
+    interval = mean_interval(summary)
     if interval is None:
         return Paired(seeds, diffs, summary.mean, None, None, None)
     return Paired(seeds, diffs, summary.mean, summary.std, *interval)
