@@ -15,6 +15,7 @@ import yaml
 
 from crossearth_gate.config.schema import load_config
 from crossearth_gate.study.aggregate import aggregate
+from crossearth_gate.study.markdown import study_markdown
 from crossearth_gate.study.records import cell_record, step_cost
 from crossearth_gate.study.runner import run_cells
 from crossearth_gate.study.spec import load_study, parse_study
@@ -43,6 +44,10 @@ def study_dict(**changes: Any) -> dict[str, Any]:
 
 def toy_study(**changes: Any):
     return parse_study(study_dict(**changes), Path("toy.yaml"))
+
+
+def claim_with_paper(paper: Any) -> dict[str, Any]:
+    return {"name": "x", "better": "gated", "worse": "ref", "protocol": "A", "paper": paper}
 
 
 def one_protocol_study(**changes: Any):
@@ -77,6 +82,10 @@ def test_cells_first_seeds_first_with_overrides_in_order() -> None:
     ({"claims": [{"name": "x", "better": "gated", "worse": "ghost", "protocol": "A"}]}, "'ghost' is not a config"),
     ({"claims": [{"name": "x", "better": "gated", "protocol": "A"}]}, "missing key 'worse'"),
     ({"protocols": {"A/B": {}}}, "is not a valid name"),
+    ({"claims": [claim_with_paper({"difference": 2.3})]}, "paper: missing key 'where'"),
+    ({"claims": [claim_with_paper({"difference": "2.3", "where": "CASID"})]}, "paper.difference: expected a number"),
+    ({"claims": [claim_with_paper({"difference": 2.3, "where": " "})]}, "paper.where: expected the paper's setting"),
+    ({"claims": [claim_with_paper({"difference": 2.3, "where": "CASID", "seeds": 3})]}, "paper: unknown key 'seeds'"),
 ])
 def test_bad_study_is_one_clear_line(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(UserError, match=None) as err:
@@ -247,6 +256,25 @@ def test_relative_cost_against_hand_computed_ratios() -> None:
     assert b["baseline"] == "gated" and b["configs"]["gated"]["mean"] == 1.0
     assert aggregate([made_up_cell("A", "ref", 0, 40.0)], toy_study())["protocols"]["A"]["relative_cost"] == {
         "baseline": None, "configs": {}}
+
+
+def test_the_papers_difference_is_reported_beside_ours_and_enters_no_verdict() -> None:
+    paper = {"difference": 2.3, "where": "CASID mean, ablation"}
+    claims = [{"name": "gated beats ref", "better": "gated", "worse": "ref", "protocol": "A", "paper": paper},
+              {"name": "ref beats gated", "better": "ref", "worse": "gated", "protocol": "A"}]
+    study = one_protocol_study(claims=claims)
+    cells = [made_up_cell("A", "ref", s, 30.0 + s) for s in range(3)]
+    cells += [made_up_cell("A", "gated", s, 29.0 + s) for s in range(3)]  # 1 point below ref on every seed
+    summary = aggregate(cells, study)
+    with_paper, without = summary["claims"]
+    assert with_paper["paper"] == paper and without["paper"] is None
+    assert with_paper["mean"] == -1.0 and with_paper["verdict"] == "contradicted"  # the paper's +2.3 changes nothing
+    text = study_markdown(study, summary, {}, {}, "crossearth-gate study toy.yaml --out out", Path("out"))
+    rows = [line for line in text.splitlines() if line.startswith(("| gated beats ref", "| ref beats"))]
+    assert rows[0].endswith("| +2.30 (CASID mean, ablation) |") and rows[1].endswith("| – |")
+    assert "The paper column is the difference the paper reports" in text
+    plain = one_protocol_study()
+    assert "the paper" not in study_markdown(plain, aggregate(cells, plain), {}, {}, "c", Path("out"))
 
 
 def test_clear_gain_over_three_seeds_is_supported() -> None:

@@ -48,13 +48,27 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
+PAPER_NOTE = (
+    "The paper column is the difference the paper reports for the same comparison in its own setting (DINOv2-L, "
+    "Mask2Former, its datasets and schedule), beside ours for scale; it enters no verdict."
+)
+
+
+def _paper(claim: dict[str, Any]) -> str:
+    paper = claim.get("paper")
+    return "–" if paper is None else f"{paper['difference']:+.2f} ({paper['where']})"
+
+
 def _claims(summary: dict[str, Any]) -> list[str]:
-    if not summary["claims"]:
+    claims = summary["claims"]
+    if not claims:
         return []
+    with_paper = any(c.get("paper") for c in claims)
+    header = ["claim", "protocol", "difference", "seeds", "mean", "95 % interval", "verdict"]
     rows = [[c["name"], c["protocol"], f"`{c['better']}` − `{c['worse']}`", str(c["n"]), _diff(c), _interval(c),
-             f"**{c['verdict']}**"] for c in summary["claims"]]
-    return ["## Claims", ""] + _table(["claim", "protocol", "difference", "seeds", "mean", "95 % interval",
-                                       "verdict"], rows)
+             f"**{c['verdict']}**"] + ([_paper(c)] if with_paper else []) for c in claims]
+    lines = ["## Claims", ""] + _table(header + (["the paper"] if with_paper else []), rows)
+    return lines + ([PAPER_NOTE, ""] if with_paper else [])
 
 
 def _protocol(study: Study, name: str, s: dict[str, Any], figures: list[Path], out: Path) -> list[str]:

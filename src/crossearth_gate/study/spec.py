@@ -22,7 +22,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TOP_KEYS = ("name", "description", "reference", "seeds", "overrides", "protocols", "configs", "claims")
 _PROTOCOL_KEYS = ("description", "overrides")
 _CONFIG_KEYS = ("config", "overrides", "protocols", "seeds")
-_CLAIM_KEYS = ("name", "better", "worse", "protocol")
+_CLAIM_KEYS = ("name", "better", "worse", "protocol", "paper")
+_PAPER_KEYS = ("difference", "where")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,14 @@ class ConfigEntry:
 
 
 @dataclass(frozen=True)
+class PaperValue:
+    """The difference the paper reports for the same comparison, in its own setting: shown beside ours, never tested."""
+
+    difference: float
+    where: str
+
+
+@dataclass(frozen=True)
 class Claim:
     """``better`` beats ``worse`` on the target-mean mIoU of ``protocol``, paired by seed."""
 
@@ -48,6 +57,7 @@ class Claim:
     better: str
     worse: str
     protocol: str
+    paper: PaperValue | None = None
 
 
 @dataclass(frozen=True)
@@ -162,12 +172,26 @@ def _config_entry(name: str, raw: Any, default_seeds: tuple[int, ...], protocols
                        _overrides(data.get("overrides"), f"{where}.overrides"), seeds)
 
 
+def _paper(raw: Any, where: str) -> PaperValue:
+    data = _mapping(raw, where, _PAPER_KEYS)
+    missing = [k for k in _PAPER_KEYS if k not in data]
+    if missing:
+        raise UserError(f"{where}: missing key {missing[0]!r} (the paper's difference in mIoU points, and its setting)")
+    difference = data["difference"]
+    if isinstance(difference, bool) or not isinstance(difference, (int, float)):
+        raise UserError(f"{where}.difference: expected a number of mIoU points, got {difference!r}")
+    if not isinstance(data["where"], str) or not data["where"].strip():
+        raise UserError(f"{where}.where: expected the paper's setting as text, e.g. 'CASID mean, ablation'")
+    return PaperValue(float(difference), data["where"].strip())
+
+
 def _claim(raw: Any, configs: dict[str, ConfigEntry], where: str) -> Claim:
     data = _mapping(raw, where, _CLAIM_KEYS)
-    missing = [k for k in _CLAIM_KEYS if k not in data]
+    missing = [k for k in _CLAIM_KEYS if k not in data and k != "paper"]
     if missing:
         raise UserError(f"{where}: missing key {missing[0]!r}")
-    claim = Claim(str(data["name"]), str(data["better"]), str(data["worse"]), str(data["protocol"]))
+    paper = _paper(data["paper"], f"{where}.paper") if "paper" in data else None
+    claim = Claim(str(data["name"]), str(data["better"]), str(data["worse"]), str(data["protocol"]), paper)
     for role in ("better", "worse"):
         entry = configs.get(getattr(claim, role))
         if entry is None:
