@@ -278,6 +278,30 @@ def test_the_papers_difference_is_reported_beside_ours_and_enters_no_verdict() -
     assert "the paper" not in study_markdown(plain, aggregate(cells, plain), {}, {}, "c", Path("out"))
 
 
+def test_claims_figure_shows_every_paired_claim_with_the_papers_difference(tmp_path: Path) -> None:
+    from crossearth_gate.study.figures import claims_figure, plot_claims
+
+    paper = {"difference": 2.3, "where": "CASID"}
+    claims = [{"name": "gated beats ref", "better": "gated", "worse": "ref", "protocol": "A", "paper": paper},
+              {"name": "ref beats gated", "better": "ref", "worse": "gated", "protocol": "A"}]
+    study = one_protocol_study(claims=claims)
+    cells = [made_up_cell("A", "ref", s, 30.0 + s) for s in range(3)]
+    cells += [made_up_cell("A", "gated", s, 29.0 + s) for s in range(2)]  # seeds 0, 1: 1 point below ref
+    summary = aggregate(cells, study)
+    ax = claims_figure(summary["claims"]).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["gated beats ref (A, n=2)", "ref beats gated (A, n=2)"]
+    points = {tuple(line.get_xydata()[0]) for line in ax.get_lines() if len(line.get_xydata())}
+    assert {(-1.0, 0.0), (1.0, 1.0), (2.3, 0.0)} <= points, "each mean on its row, the paper's +2.3 on the first"
+    out = tmp_path / "out"
+    path = plot_claims(summary["claims"], out / "figures" / "claims.png")
+    assert path is not None and path.stat().st_size > 0
+    text = study_markdown(study, summary, {}, {}, "c", out, path)
+    assert text.index("![claims](figures/claims.png)") < text.index("| claim |")
+    no_pairs = aggregate(cells[:3], study)["claims"]  # ref only
+    assert claims_figure(no_pairs) is None and plot_claims(no_pairs, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
 def test_clear_gain_over_three_seeds_is_supported() -> None:
     cells = [made_up_cell("A", "ref", s, 30.0 + s) for s in range(3)]
     cells += [made_up_cell("A", "gated", s, 33.0 + s + 0.1 * s) for s in range(3)]

@@ -13,7 +13,7 @@ from ..util import console
 from ..util.atomic import atomic_write_json, atomic_write_text
 from ..util.errors import UserError
 from .aggregate import aggregate
-from .figures import write_figures
+from .figures import plot_claims, write_figures
 from .markdown import study_markdown
 from .records import cell_record, is_finished
 from .runner import run_cells
@@ -27,7 +27,8 @@ def write_results(study: Study, cells: list[Cell], out: Path, command: str) -> d
     atomic_write_json(out / "results.json", {"study": study.name, "command": command, "cells": records,
                                              "summary": summary})
     costs, figures = write_figures(summary, records, out)
-    atomic_write_text(out / "study.md", study_markdown(study, summary, costs, figures, command, out))
+    claims_figure = plot_claims(summary["claims"], out / "figures" / "claims.png")
+    atomic_write_text(out / "study.md", study_markdown(study, summary, costs, figures, command, out, claims_figure))
     return summary
 
 

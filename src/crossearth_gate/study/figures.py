@@ -1,4 +1,4 @@
-"""The study's figures: mIoU with error bars, paired differences with intervals, gate maps side by side."""
+"""The study's figures: the claims, accuracy against cost, mIoU with error bars, paired differences, gate maps."""
 
 from __future__ import annotations
 
@@ -104,6 +104,48 @@ def plot_paired(protocol: str, summary: dict[str, Any], reference: str, path: Pa
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(f"Protocol {protocol}: paired differences, 95 % t intervals (hollow: one seed, no interval)")
     return _save(fig, path)
+
+
+VERDICT_COLOURS = {"supported": "tab:green", "contradicted": "tab:red"}  # inconclusive: grey
+INCONCLUSIVE_COLOUR = "#666666"
+
+
+def plot_claims(claims: list[dict[str, Any]], path: Path) -> Path | None:
+    """The claims figure (``claims_figure``) saved to ``path``; None before any claim has a paired seed."""
+    fig = claims_figure(claims)
+    return None if fig is None else _save(fig, path)
+
+
+def claims_figure(claims: list[dict[str, Any]]) -> Figure | None:
+    """Every claim with a paired seed on one axis: mean difference, 95 % t interval, coloured by verdict, with the
+    paper's own difference (its setting) beside it. The study's answer at a glance."""
+    shown = [c for c in claims if c["n"]]
+    if not shown:
+        return None
+    fig = Figure(figsize=(8.5, 0.38 * len(shown) + 1.8), layout="constrained")
+    ax = fig.subplots()
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    for y, c in enumerate(shown):
+        colour = VERDICT_COLOURS.get(c["verdict"], INCONCLUSIVE_COLOUR)
+        if c["low"] is not None:
+            ax.errorbar(c["mean"], y, xerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt="o", color=colour,
+                        capsize=3)
+        else:
+            ax.plot(c["mean"], y, "o", mfc="white", color=colour)
+        if c.get("paper"):
+            ax.plot(c["paper"]["difference"], y, "*", color="tab:orange", markersize=10)
+    ax.plot([], [], "o", color=VERDICT_COLOURS["supported"], label="supported")
+    ax.plot([], [], "o", color=VERDICT_COLOURS["contradicted"], label="contradicted")
+    ax.plot([], [], "o", color=INCONCLUSIVE_COLOUR, label="inconclusive (hollow: one seed)")
+    if any(c.get("paper") for c in shown):
+        ax.plot([], [], "*", color="tab:orange", markersize=10, label="the paper's difference, in its setting")
+    ax.set_yticks(range(len(shown)), [f"{c['name']} ({c['protocol']}, n={c['n']})" for c in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("better − worse, target-mean mIoU (points, paired by seed), mean and 95 % t interval")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("Claims: paired differences")
+    return fig
 
 
 def gate_histories(protocol: str, cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

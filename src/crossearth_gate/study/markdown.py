@@ -59,7 +59,7 @@ def _paper(claim: dict[str, Any]) -> str:
     return "–" if paper is None else f"{paper['difference']:+.2f} ({paper['where']})"
 
 
-def _claims(summary: dict[str, Any]) -> list[str]:
+def _claims(summary: dict[str, Any], figure: Path | None, out: Path) -> list[str]:
     claims = summary["claims"]
     if not claims:
         return []
@@ -67,7 +67,10 @@ def _claims(summary: dict[str, Any]) -> list[str]:
     header = ["claim", "protocol", "difference", "seeds", "mean", "95 % interval", "verdict"]
     rows = [[c["name"], c["protocol"], f"`{c['better']}` − `{c['worse']}`", str(c["n"]), _diff(c), _interval(c),
              f"**{c['verdict']}**"] + ([_paper(c)] if with_paper else []) for c in claims]
-    lines = ["## Claims", ""] + _table(header + (["the paper"] if with_paper else []), rows)
+    lines = ["## Claims", ""]
+    if figure is not None:
+        lines += [f"![claims]({quote(figure.relative_to(out).as_posix())})", ""]
+    lines += _table(header + (["the paper"] if with_paper else []), rows)
     return lines + ([PAPER_NOTE, ""] if with_paper else [])
 
 
@@ -119,12 +122,12 @@ def _not_done(summary: dict[str, Any]) -> list[str]:
 
 
 def study_markdown(study: Study, summary: dict[str, Any], costs: dict[str, Path], figures: dict[str, list[Path]],
-                   command: str, out: Path) -> str:
+                   command: str, out: Path, claims_figure: Path | None = None) -> str:
     lines = [f"# Study: {study.name}", ""]
     if study.description:
         lines += [study.description.strip(), ""]
     lines += _accuracy_against_cost(costs, out)
-    lines += _claims(summary)
+    lines += _claims(summary, claims_figure, out)
     lines += ["## How the numbers are made", "", "Reproduce with:", "", "```bash", command, "```", "",
               "Every cell's own command is in `results.json`.", "", METHOD, ""]
     for name, s in summary["protocols"].items():
