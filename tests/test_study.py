@@ -278,6 +278,17 @@ def test_the_papers_difference_is_reported_beside_ours_and_enters_no_verdict() -
     assert "the paper" not in study_markdown(plain, aggregate(cells, plain), {}, {}, "c", Path("out"))
 
 
+def test_claims_range_leaves_out_two_seed_intervals_and_keeps_every_mean() -> None:
+    from crossearth_gate.study.figures import claims_range
+
+    three = {"n": 3, "mean": 1.0, "low": -2.0, "high": 4.0}
+    two = {"n": 2, "mean": -0.5, "low": -30.0, "high": 29.0, "paper": {"difference": 5.0, "where": "x"}}
+    one = {"n": 1, "mean": -6.0, "low": None, "high": None}
+    assert claims_range([three, two, one]) == pytest.approx((-6.88, 5.88))  # -6 .. 5, padded by 0.88
+    assert claims_range([two]) == pytest.approx((-34.72, 33.72))  # no 3-seed claim: the 2-seed interval counts
+    assert claims_range([{"n": 1, "mean": 0.0, "low": None, "high": None}]) == pytest.approx((-0.08, 0.08))
+
+
 def test_claims_figure_shows_every_paired_claim_with_the_papers_difference(tmp_path: Path) -> None:
     from crossearth_gate.study.figures import claims_figure, plot_claims
 
@@ -297,6 +308,7 @@ def test_claims_figure_shows_every_paired_claim_with_the_papers_difference(tmp_p
     assert path is not None and path.stat().st_size > 0
     text = study_markdown(study, summary, {}, {}, "c", out, path)
     assert text.index("![claims](figures/claims.png)") < text.index("| claim |")
+    assert ax.get_xlim() == pytest.approx((-1.264, 2.564))  # -1 .. 2.3 (the paper), padded by 8 % of 3.3
     no_pairs = aggregate(cells[:3], study)["claims"]  # ref only
     assert claims_figure(no_pairs) is None and plot_claims(no_pairs, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()

@@ -108,6 +108,18 @@ def plot_paired(protocol: str, summary: dict[str, Any], reference: str, path: Pa
 
 VERDICT_COLOURS = {"supported": "tab:green", "contradicted": "tab:red"}  # inconclusive: grey
 INCONCLUSIVE_COLOUR = "#666666"
+FULL_INTERVAL_SEEDS = 3  # two seeds give t intervals 12.7 standard deviations wide: they would flatten every row
+
+
+def claims_range(shown: list[dict[str, Any]]) -> tuple[float, float]:
+    """The claims figure's x range: every mean and paper value, 0, and the intervals of claims with at least
+    ``FULL_INTERVAL_SEEDS`` seeds (all intervals when none has that many), padded by 8 %."""
+    wide = [c for c in shown if c["low"] is not None]
+    kept = [c for c in wide if c["n"] >= FULL_INTERVAL_SEEDS] or wide
+    values = [0.0] + [c["mean"] for c in shown] + [c["paper"]["difference"] for c in shown if c.get("paper")]
+    values += [bound for c in kept for bound in (c["low"], c["high"])]
+    pad = 0.08 * ((max(values) - min(values)) or 1.0)
+    return min(values) - pad, max(values) + pad
 
 
 def plot_claims(claims: list[dict[str, Any]], path: Path) -> Path | None:
@@ -134,6 +146,14 @@ def claims_figure(claims: list[dict[str, Any]]) -> Figure | None:
             ax.plot(c["mean"], y, "o", mfc="white", color=colour)
         if c.get("paper"):
             ax.plot(c["paper"]["difference"], y, "*", color="tab:orange", markersize=10)
+    low, high = claims_range(shown)
+    ax.set_xlim(low, high)
+    for y, c in enumerate(shown):  # an interval cut by the axes: its end written at the edge
+        if c["low"] is not None and c["low"] < low:
+            ax.annotate(f"← {c['low']:+.1f}", (low, y), xytext=(2, -9), textcoords="offset points", fontsize=6)
+        if c["high"] is not None and c["high"] > high:
+            ax.annotate(f"{c['high']:+.1f} →", (high, y), xytext=(-2, -9), textcoords="offset points", fontsize=6,
+                        ha="right")
     ax.plot([], [], "o", color=VERDICT_COLOURS["supported"], label="supported")
     ax.plot([], [], "o", color=VERDICT_COLOURS["contradicted"], label="contradicted")
     ax.plot([], [], "o", color=INCONCLUSIVE_COLOUR, label="inconclusive (hollow: one seed)")
