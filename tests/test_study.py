@@ -78,6 +78,7 @@ def test_cells_first_seeds_first_with_overrides_in_order() -> None:
     ({"configs": {"ref": {"config": "no/such.yaml"}}}, "configs.ref.config: config 'no/such.yaml' not found"),
     ({"configs": {"ref": {"config": "demo", "protocols": ["Z"]}}}, "configs.ref.protocols"),
     ({"configs": {"ref": {"config": "demo", "seed": 3}}}, "configs.ref: unknown key 'seed'"),
+    ({"configs": {"ref": {"overrides": []}}}, "configs.ref: missing key 'config'"),
     ({"configs": {"ref": {"config": "demo", "seeds": {"Z": 2}}}}, "configs.ref.seeds: unknown key 'Z'"),
     ({"claims": [{"name": "x", "better": "gated", "worse": "ghost", "protocol": "A"}]}, "'ghost' is not a config"),
     ({"claims": [{"name": "x", "better": "gated", "protocol": "A"}]}, "missing key 'worse'"),

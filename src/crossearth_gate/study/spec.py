@@ -22,7 +22,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TOP_KEYS = ("name", "description", "reference", "seeds", "overrides", "protocols", "configs", "claims")
 _PROTOCOL_KEYS = ("description", "overrides")
 _CONFIG_KEYS = ("config", "overrides", "protocols", "seeds")
-_CLAIM_KEYS = ("name", "better", "worse", "protocol", "paper")
+_CLAIM_REQUIRED = ("name", "better", "worse", "protocol")
+_CLAIM_KEYS = (*_CLAIM_REQUIRED, "paper")
 _PAPER_KEYS = ("difference", "where")
 
 
@@ -107,13 +108,17 @@ class Study:
         return [cell for _, cell in sorted(ranked, key=lambda item: item[0])]
 
 
-def _mapping(value: Any, where: str, known: tuple[str, ...] | None = None) -> dict[str, Any]:
+def _mapping(value: Any, where: str, known: tuple[str, ...] | None = None,
+             required: tuple[str, ...] = ()) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UserError(f"{where}: expected a mapping, got {value!r}")
     if known is not None:
         unknown = sorted(set(value) - set(known))
         if unknown:
             raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise UserError(f"{where}: missing key {missing[0]!r}")
     return value
 
 
@@ -155,9 +160,7 @@ def _config_path(raw: Any, study_dir: Path, where: str) -> str:
 
 def _config_entry(name: str, raw: Any, default_seeds: tuple[int, ...], protocols: dict[str, Protocol],
                   study_dir: Path, where: str) -> ConfigEntry:
-    data = _mapping(raw, where, _CONFIG_KEYS)
-    if "config" not in data:
-        raise UserError(f"{where}: missing key 'config'")
+    data = _mapping(raw, where, _CONFIG_KEYS, required=("config",))
     runs_under = data.get("protocols", list(protocols))
     if not isinstance(runs_under, list) or not runs_under or not all(p in protocols for p in runs_under):
         raise UserError(f"{where}.protocols: expected a list of protocols from {', '.join(protocols)}")
@@ -173,10 +176,7 @@ def _config_entry(name: str, raw: Any, default_seeds: tuple[int, ...], protocols
 
 
 def _paper(raw: Any, where: str) -> PaperValue:
-    data = _mapping(raw, where, _PAPER_KEYS)
-    missing = [k for k in _PAPER_KEYS if k not in data]
-    if missing:
-        raise UserError(f"{where}: missing key {missing[0]!r} (the paper's difference in mIoU points, and its setting)")
+    data = _mapping(raw, where, _PAPER_KEYS, required=_PAPER_KEYS)
     difference = data["difference"]
     if isinstance(difference, bool) or not isinstance(difference, (int, float)):
         raise UserError(f"{where}.difference: expected a number of mIoU points, got {difference!r}")
@@ -186,10 +186,7 @@ def _paper(raw: Any, where: str) -> PaperValue:
 
 
 def _claim(raw: Any, configs: dict[str, ConfigEntry], where: str) -> Claim:
-    data = _mapping(raw, where, _CLAIM_KEYS)
-    missing = [k for k in _CLAIM_KEYS if k not in data and k != "paper"]
-    if missing:
-        raise UserError(f"{where}: missing key {missing[0]!r}")
+    data = _mapping(raw, where, _CLAIM_KEYS, required=_CLAIM_REQUIRED)
     paper = _paper(data["paper"], f"{where}.paper") if "paper" in data else None
     claim = Claim(str(data["name"]), str(data["better"]), str(data["worse"]), str(data["protocol"]), paper)
     for role in ("better", "worse"):
@@ -204,10 +201,7 @@ def _claim(raw: Any, configs: dict[str, ConfigEntry], where: str) -> Claim:
 def parse_study(data: Any, path: Path) -> Study:
     """Validate a study mapping; ``path`` locates relative config paths and names errors."""
     where = str(path)
-    data = _mapping(data, where, _TOP_KEYS)
-    for key in ("name", "reference", "protocols", "configs"):
-        if key not in data:
-            raise UserError(f"{where}: missing key {key!r}")
+    data = _mapping(data, where, _TOP_KEYS, required=("name", "reference", "protocols", "configs"))
     protocols = {}
     for name, raw in _mapping(data["protocols"], f"{where}: protocols").items():
         p = _mapping(raw or {}, f"{where}: protocols.{name}", _PROTOCOL_KEYS)
