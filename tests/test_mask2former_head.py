@@ -183,6 +183,8 @@ def test_bad_options_and_missing_transformers_are_one_line_errors(monkeypatch: p
         build_head("mask2former", 8, 3, 2, CHANNELS, HEAD_KWARGS)
     with pytest.raises(UserError, match="unknown fpn option"):
         build_head("fpn", 8, 4, 2, CHANNELS, HEAD_KWARGS)
+    with pytest.raises(UserError, match=r"fuse_kernel is an option of the fpn head.*model.head_kwargs=\{\}"):
+        build_head("mask2former", 8, 4, 2, CHANNELS, {"fuse_kernel": 1})
     monkeypatch.delitem(sys.modules, "crossearth_gate.heads.mask2former")
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(UserError, match=r"pip install crossearth-gate\[mask2former\]"):

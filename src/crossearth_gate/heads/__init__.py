@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 from torch import Tensor, nn
 
 from ..util.errors import UserError
-from .fpn import FPNHead, check_fpn_options
+from .fpn import FPN_OPTIONS, FPNHead, check_fpn_options
 
 
 def _mask2former(*args: Any, **options: Any) -> nn.Module:
@@ -42,6 +42,9 @@ def build_head(name: str, in_channels: int, num_levels: int, num_classes: int, c
     options = dict(options or {})
     if name == "fpn":
         check_fpn_options(options)
+    elif fpn_only := sorted(set(options) & set(FPN_OPTIONS)):  # left over from a config written for FPN
+        raise UserError(f"model.head_kwargs.{fpn_only[0]} is an option of the fpn head, not of {name}: "
+                        "when switching model.head, also set model.head_kwargs={} (or the new head's options)")
     if class_weights is not None:
         if name != "fpn":
             raise UserError(f"config train.class_weights: the {name} head has its own loss; remove them")
