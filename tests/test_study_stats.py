@@ -9,6 +9,7 @@ import pytest
 from crossearth_gate.study.stats import (
     CONTRADICTED,
     INCONCLUSIVE,
+    NOT_RUN,
     SUPPORTED,
     mean_interval,
     paired_difference,
@@ -63,4 +64,4 @@ def test_verdicts() -> None:
     assert verdict(paired_difference({0: 1.0, 1: 1.1, 2: 1.0}, {0: 3.0, 1: 3.2, 2: 2.9})) == CONTRADICTED
     one = paired_difference({0: 9.0}, {0: 1.0})
     assert one.mean == 8.0 and one.low is None and verdict(one) == INCONCLUSIVE
-    assert verdict(paired_difference({}, {0: 1.0})) == INCONCLUSIVE
+    assert verdict(paired_difference({}, {0: 1.0})) == NOT_RUN  # no seed paired: a study in progress

@@ -16,12 +16,12 @@ METHOD = (
     "± sample standard deviation (n − 1) over seeds. Paired differences subtract the reference config's "
     "target mean from the same seed's under the same protocol; their 95 % intervals are two-sided Student t "
     "intervals of the mean difference (df = n − 1). Verdicts: **supported** when the whole interval is above "
-    "0, **contradicted** when it is below 0, **inconclusive at this sample size** when it contains 0 or fewer "
-    "than two seeds are paired. Step time is the median wall time of one training step as `fit` records it "
-    "(`timing.step_s` in metrics.json); the step cost adds the Fisher selections' time spread over the steps, and "
-    "the cost column divides it by the baseline's mean step cost under the same protocol (cells ran one after "
-    "another, alone on the machine, so the machine's drift between cells enters these ratios); wall time is the "
-    "whole cell (training, selections, evaluation)."
+    "0, **contradicted** when it is below 0, **inconclusive at this sample size** when it contains 0 or only one "
+    "seed is paired, **not run yet** when none is. Step time is the median wall time of one training step as `fit` "
+    "records it (`timing.step_s` in metrics.json); the step cost adds the Fisher selections' time spread over the "
+    "steps, and the cost column divides it by the baseline's mean step cost under the same protocol (cells ran one "
+    "after another, alone on the machine, so the machine's drift between cells enters these ratios); wall time is "
+    "the whole cell (training, selections, evaluation)."
 )
 
 

@@ -23,6 +23,7 @@ _Z975 = 1.959964
 SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
 INCONCLUSIVE = "inconclusive at this sample size"
+NOT_RUN = "not run yet"
 
 
 def t975(df: int) -> float:
@@ -92,7 +93,12 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> Paired:
 
 
 def verdict(paired: Paired) -> str:
-    """Supported if the whole interval is above zero, contradicted if below, otherwise inconclusive."""
+    """Supported if the whole interval is above zero, contradicted if below, otherwise inconclusive.
+
+    A claim with no paired seed says so rather than "inconclusive": a study in progress has not tested it.
+    """
+    if paired.n == 0:
+        return NOT_RUN
     if paired.low is None or paired.high is None:
         return INCONCLUSIVE
     if paired.low > 0:
